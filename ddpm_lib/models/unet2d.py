@@ -1,0 +1,27 @@
+"""The seed's diffusers UNet2DModel configuration (chapter 6)."""
+
+
+def make_unet2d(sample_size=28, in_channels=1, out_channels=1):
+    """Build the seed's ``UNet2DModel`` exactly (1,707,009 parameters for 1 channel).
+
+    Returns a diffusers ``UNet2DModel``; call it as ``model(x_t, t).sample``.
+    """
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=sample_size,  # 目标图像的分辨率
+        in_channels=in_channels,  # 输入图像的通道数，RGB图像的通道数为3
+        out_channels=out_channels,  # 输出图像的通道数
+        layers_per_block=2,  # 设置要在每一个UNet块中使用多少个ResNet层
+        block_out_channels=(32, 64, 64),  # 与BasicUNet模型的配置基本相同
+        down_block_types=(
+            "DownBlock2D",  # 标准的ResNet下采样模块
+            "AttnDownBlock2D",  # 带有空域维度self-att的ResNet下采样模块
+            "AttnDownBlock2D",
+        ),
+        up_block_types=(
+            "AttnUpBlock2D",
+            "AttnUpBlock2D",  # 带有空域维度self-att的ResNet上采样模块
+            "UpBlock2D",  # 标准的ResNet上采样模块
+        ),
+    )

@@ -1,0 +1,41 @@
+"""Figures for the book: image grids and schedule curves. Text is maths/English only (no CJK glyphs)."""
+import torch
+
+
+def to_grid(images, nrow=8, padding=2):
+    """Images in [-1, 1], (B, C, H, W) -> one (H', W') or (H', W', C) float array in [0, 1] for imshow."""
+    from torchvision.utils import make_grid
+
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise ValueError(f"images must be a (B, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2)
+    grid = make_grid(x, nrow=nrow, padding=padding, pad_value=1.0)
+    return grid[0].numpy() if images.shape[1] == 1 else grid.permute(1, 2, 0).numpy()
+
+
+def show_images(images, nrow=8, ax=None, title=None):
+    """Draw images in [-1, 1], (B, C, H, W), as a grid on ``ax`` (a new figure if None); returns ax."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(min(8, 1.0 * nrow), min(8, 1.0 * ((images.shape[0] + nrow - 1) // nrow))))
+    ax.imshow(to_grid(images, nrow=nrow), cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+def plot_schedule(schedule, ax=None, label=""):
+    """Plot sqrt(abar_t) and sqrt(1 - abar_t) against the 0-based t (the seed's figure); returns ax."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    ac = schedule.alphas_cumprod
+    suffix = f" ({label})" if label else ""
+    ax.plot(ac.sqrt(), label=r"$\sqrt{\bar\alpha_t}$" + suffix)
+    ax.plot((1 - ac).sqrt(), label=r"$\sqrt{1-\bar\alpha_t}$" + suffix)
+    ax.set_xlabel("t (0-based index)")
+    ax.legend()
+    return ax

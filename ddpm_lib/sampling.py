@@ -1,0 +1,85 @@
+"""Ancestral sampling, DDPM Algorithm 2 (chapter 反向过程)."""
+import torch
+
+from .models import as_denoiser, model_in_channels
+
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt}"  # no rate/ETA: stable text
+
+
+def _model_device(model, device):
+    if device is not None:
+        return torch.device(device)
+    params = getattr(model, "parameters", None)
+    if params is not None:
+        for p in params():
+            return p.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def sample(model, schedule, shape, generator=None, progress=True, return_trajectory=False,
+           clip_x0=False, variance_type="fixed_small", device=None):
+    """Draw x_0 ~ p_theta by ancestral sampling (反向过程, Algorithm 2).
+
+    x_T ~ N(0, I); for t = T-1 … 0 (0-based): x_{t-1} = mu_theta(x_t, t) + sigma_t z, z ~ N(0, I),
+    with no noise at t = 0. sigma_t^2 = beta-tilde_t ("fixed_small", diffusers' default) or beta_t
+    ("fixed_large"). clip_x0=True clamps the predicted x_0 to [-1, 1] first (diffusers'
+    clip_sample); off by default, so the loop is the paper's.
+    shape: (B, C, H, W); generator: a torch.Generator (its device draws the noise).
+    Returns x_0 (B, C, H, W), or (x_0, trajectory) with trajectory a (T+1, B, C, H, W) CPU
+    tensor [x_T, …, x_0] if return_trajectory.
+    """
+    shape = tuple(shape)
+    if len(shape) != 4 or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ValueError(f"shape must be (B, C, H, W) of positive ints, got {shape}")
+    c = model_in_channels(model)
+    if c is not None and shape[1] != c:
+        raise ValueError(f"shape has {shape[1]} channels but the model expects {c}")
+    if variance_type == "fixed_small":
+        variances = schedule.posterior_variance
+    elif variance_type == "fixed_large":
+        variances = schedule.betas
+    else:
+        raise ValueError(f"variance_type must be 'fixed_small' or 'fixed_large', got {variance_type!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    from tqdm import tqdm
+
+    device = _model_device(model, device)
+    gen_device = generator.device if generator is not None else device
+    eps_fn = as_denoiser(model)
+    if hasattr(model, "eval"):
+        model.eval()
+    # per-step scalars as Python floats: no gather/broadcast work inside the loop
+    coef_x = schedule.sqrt_recip_alphas.tolist()
+    coef_eps = (schedule.sqrt_recip_alphas * schedule.eps_coef).tolist()
+    sigmas = variances.sqrt().tolist()
+    sqrt_recip_ac = schedule.sqrt_recip_alphas_cumprod.tolist()
+    sqrt_recipm1_ac = schedule.sqrt_recipm1_alphas_cumprod.tolist()
+    c1, c2 = schedule.posterior_mean_coef1.tolist(), schedule.posterior_mean_coef2.tolist()
+
+    # 1. x_T ~ N(0, I)
+    x = torch.randn(shape, generator=generator, device=gen_device).to(device)
+    trajectory = [x.cpu()] if return_trajectory else None
+    B = shape[0]
+    for t in tqdm(range(schedule.num_timesteps - 1, -1, -1), desc="sample", disable=not progress,
+                  bar_format=BAR_FORMAT):
+        # 2. eps_theta(x_t, t)
+        eps = eps_fn(x, torch.full((B,), t, device=device, dtype=torch.long))
+        # 3. mean of p_theta(x_{t-1} | x_t), eq. mu-eps (or via a clipped x_0 and eq. mu-tilde)
+        if clip_x0:
+            x0_pred = (sqrt_recip_ac[t] * x - sqrt_recipm1_ac[t] * eps).clamp(-1, 1)
+            mean = c1[t] * x0_pred + c2[t] * x
+        else:
+            mean = coef_x[t] * x - coef_eps[t] * eps
+        # 4. add sigma_t z, except at the last step (t = 0), which returns the mean
+        if t > 0:
+            z = torch.randn(shape, generator=generator, device=gen_device).to(device)
+            x = mean + sigmas[t] * z
+        else:
+            x = mean
+        if return_trajectory:
+            trajectory.append(x.cpu())
+    if return_trajectory:
+        return x, torch.stack(trajectory)
+    return x
