@@ -161,3 +161,12 @@ def commit_run_checkpoint(run_dir, step, model, model_name, ema=None, optimizer=
     for d in old[:max(0, len(old) - (keep - 1))]:
         shutil.rmtree(os.path.join(run_dir, d), ignore_errors=True)
     return os.path.join(run_dir, name)
+
+
+def export_weights(run_or_checkpoint, out_dir, weights="ema"):
+    """Write a compact, shippable checkpoint: the (EMA) weights as ``model.safetensors`` plus a
+    config.json carrying the training run's metadata. Returns out_dir."""
+    model, config = load_checkpoint(run_or_checkpoint, weights=weights)
+    meta = dict(config["meta"])
+    meta["weights"] = "ema" if weights == "ema" and "ema.safetensors" in config["sha256"] else "model"
+    return save_checkpoint(out_dir, model, config["model"], meta=meta)

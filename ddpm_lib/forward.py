@@ -22,7 +22,11 @@ def q_sample(x0, t, schedule, noise=None):
     """
     check_tensor(x0, "x0")
     t = check_timesteps(t, x0.shape[0], schedule)
-    noise = _noise_like(x0, noise)
+    return _q_sample(x0, t, schedule, _noise_like(x0, noise))
+
+
+def _q_sample(x0, t, schedule, noise):
+    # unchecked core of q_sample, for internal loops (no GPU-syncing validation)
     return (extract(schedule.sqrt_alphas_cumprod, t, x0.shape) * x0
             + extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise)
 

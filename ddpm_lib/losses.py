@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from .forward import q_sample
+from .forward import _q_sample
 from .models import as_denoiser, model_in_channels
 from .schedule import check_tensor, check_timesteps
 
@@ -30,6 +30,12 @@ def ddpm_loss(model, x0, schedule, t=None, noise=None, generator=None):
     t = check_timesteps(t, B, schedule)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    xt = q_sample(x0, t, schedule, noise=noise)
-    eps_pred = as_denoiser(model)(xt, t)
-    return F.mse_loss(eps_pred, noise)
+    check_tensor(noise, "noise")
+    if noise.shape != x0.shape:
+        raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(noise.shape)}")
+    return l_simple(as_denoiser(model), x0, t, noise, schedule)
+
+
+def l_simple(eps_fn, x0, t, noise, schedule):
+    """Unchecked core of ddpm_loss for training loops: mean ||noise - eps_fn(x_t, t)||^2."""
+    return F.mse_loss(eps_fn(_q_sample(x0, t, schedule, noise), t), noise)

@@ -4,6 +4,7 @@ Timesteps are 0-based indices like diffusers: code index ``t`` is the paper's ``
 Every derived quantity is computed once in float64, stored as float32 under the
 name the DDPM reference code uses, and read with :func:`extract`.
 """
+import copy
 import math
 
 import torch
@@ -73,11 +74,12 @@ class NoiseSchedule:
         return (a / (1 - a)).float()
 
     def to(self, device):
-        """Move every tensor attribute to ``device`` in place; returns self."""
+        """A copy of the schedule with every tensor on ``device`` (like ``Tensor.to``)."""
+        new = copy.copy(self)
         for name, value in vars(self).items():
             if isinstance(value, torch.Tensor):
-                setattr(self, name, value.to(device))
-        return self
+                setattr(new, name, value.to(device))
+        return new
 
     def __repr__(self):
         b = self.betas

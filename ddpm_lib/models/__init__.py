@@ -23,7 +23,7 @@ def as_denoiser(model):
     The seed's BasicUNet ignores t; a diffusers UNet2DModel returns ``.sample``; any other
     callable is called as ``model(x_t, t)`` (an output with ``.sample`` is unwrapped).
     """
-    if type(model) is BasicUNet:
+    if type(getattr(model, "_orig_mod", model)) is BasicUNet:  # _orig_mod: under torch.compile
         return lambda xt, t: model(xt)
     if not callable(model):
         raise ValueError(f"model must be callable as model(x_t, t), got {type(model).__name__}")

@@ -1,0 +1,194 @@
+"""Benchmark: ddpm_lib's training loop and sampler against the plain code a reader would write
+from the seed (diffusers-course style). Alternates the two in one process, several repeats,
+reports medians and ratios, writes JSON.
+
+    python bench/bench.py [--quick] [--device cpu|cuda] [--json bench/results/cpu.json]
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler
+
+import ddpm_lib as dl
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_reset(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_mib(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process high-water mark (CPU)
+
+
+def fresh(name, device):
+    torch.manual_seed(0)
+    return dl.build_model(name).to(device)
+
+
+def plain_train(name, images, device, steps, batch_size=128):
+    """The loop a reader writes from the seed: add_noise, AdamW, fp32, model(x, t)."""
+    model = fresh(name, device)
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        x0 = images[torch.randint(0, len(images), (batch_size,), generator=g)].to(device)
+        noise = torch.randn(x0.shape, generator=g).to(device)
+        t = torch.randint(0, 1000, (batch_size,), generator=g).to(device)
+        noisy = sched.add_noise(x0, noise, t)
+        pred = model(noisy, t).sample if name == "unet2d" else model(noisy)
+        loss = torch.nn.functional.mse_loss(pred, noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()  # the course prints/records the loss every step
+    sync(device)
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+def lib_train(name, images, device, steps, fast):
+    model = fresh(name, device)
+    kw = dict(fast)
+    bs = kw.pop("batch_size")
+    warm = kw.pop("warmup")
+    s = dl.NoiseSchedule.linear()
+    if warm:  # compile / cudnn autotune before the timed window, same model
+        dl.train(model, images, s, steps=warm, batch_size=bs, progress=False, **kw)
+        kw["channels_last"] = False  # already converted
+    sync(device)
+    t0 = time.perf_counter()
+    dl.train(model, images, s, steps=warm + steps, batch_size=bs, progress=False, start_step=warm, **kw)
+    sync(device)
+    return steps * bs / (time.perf_counter() - t0)
+
+
+def pipeline_sample(model, n, steps, device):
+    sched = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    pipe = DDPMPipeline(unet=model, scheduler=sched).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    sync(device)
+    t0 = time.perf_counter()
+    pipe(batch_size=n, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np")
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def lib_sample(model, n, steps, device, fast):
+    s = dl.NoiseSchedule.linear(num_timesteps=steps)  # per-step cost does not depend on T
+    sync(device)
+    t0 = time.perf_counter()
+    dl.sample(model, s, (n, 1, 28, 28), generator=torch.Generator().manual_seed(0), progress=False, fast=fast)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def alternate(fa, fb, repeats):
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(fa())
+        b.append(fb())
+    return statistics.median(a), statistics.median(b)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true", help="fewer steps and repeats (under a minute on CPU)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None)
+    p.add_argument("--models", default="basic,unet2d")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+    images = dl.load_mnist("train", source="embedded").images.to(device)
+    repeats = 3 if args.quick else 5
+    rows = []
+    for name in args.models.split(","):
+        if gpu:
+            steps = 30 if args.quick else 100
+            fast = dict(batch_size=512, precision="bf16", channels_last=True, compile=True, warmup=20)
+        else:
+            steps = {"basic": 4, "unet2d": 2}[name] if args.quick else {"basic": 20, "unet2d": 6}[name]
+            fast = dict(batch_size=128, warmup=1)
+        peak_reset(device)
+        plain, ours = alternate(lambda: plain_train(name, images, device, steps),
+                                lambda: lib_train(name, images, device, steps, fast), repeats)
+        rows.append({"what": f"train {name}", "unit": "images/s", "plain": round(plain, 1), "ddpm_lib": round(ours, 1),
+                     "ratio": round(ours / plain, 2), "ddpm_lib_settings": {k: v for k, v in fast.items() if k != "warmup"},
+                     "peak_mib": round(peak_mib(device), 1)})
+        # sampling, 64 images; per-step cost is what differs, so quick/CPU runs time fewer steps
+        n = 64
+        sample_steps = 1000 if gpu and not args.quick else (200 if gpu else (10 if args.quick else 25))
+        model = fresh(name, device).eval()
+        if name == "basic":
+            model = dl.BasicUNetFixed().to(device).eval()  # the seed's class has no t input for a pipeline
+            pipe_model = _PipelineAdapter(model)
+        else:
+            pipe_model = model
+        pipeline_sample(pipe_model, n, 2, device)  # warm-up
+        lib_sample(model, n, 2, device, fast=True)
+        peak_reset(device)
+        plain_s, ours_s = alternate(lambda: pipeline_sample(pipe_model, n, sample_steps, device),
+                                    lambda: lib_sample(model, n, sample_steps, device, fast=True), repeats)
+        scale = 1000 / sample_steps
+        rows.append({"what": f"sample {name if name != 'basic' else 'basic-fixed'} (64 images, 1000 steps)",
+                     "unit": "s", "plain": round(plain_s * scale, 2), "ddpm_lib": round(ours_s * scale, 2),
+                     "ratio": round(plain_s / ours_s, 2), "timed_steps": sample_steps,
+                     "peak_mib": round(peak_mib(device), 1)})
+    info = {"device": torch.cuda.get_device_name(device) if gpu else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
+            "torch": torch.__version__, "quick": args.quick, "repeats": repeats, "rows": rows}
+    print(f"device: {info['device']}  torch {info['torch']}  repeats {repeats} (medians)")
+    print(f"{'benchmark':44s} {'plain':>10s} {'ddpm_lib':>10s} {'ratio':>6s}  unit")
+    for r in rows:
+        print(f"{r['what']:44s} {r['plain']:>10} {r['ddpm_lib']:>10} {r['ratio']:>5}x  {r['unit']}")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(info, f, indent=2)
+    return 0
+
+
+class _PipelineAdapter(torch.nn.Module):
+    """Give BasicUNetFixed the UNet2DModel interface DDPMPipeline expects (config, dtype, .sample)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        from types import SimpleNamespace
+        self.config = SimpleNamespace(in_channels=1, sample_size=28)
+
+    def forward(self, x, t):
+        from types import SimpleNamespace
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        return SimpleNamespace(sample=self.model(x, t.to(x.device)))
+
+    @property
+    def dtype(self):
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self):
+        return next(self.parameters()).device
+
+
+if __name__ == "__main__":
+    sys.exit(main())
