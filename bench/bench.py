@@ -135,6 +135,7 @@ def main(argv=None):
         rows.append({"what": f"train {name}", "unit": "images/s", "plain": round(plain, 1), "ddpm_lib": round(ours, 1),
                      "ratio": round(ours / plain, 2), "ddpm_lib_settings": {k: v for k, v in fast.items() if k != "warmup"},
                      "peak_mib": round(peak_mib(device), 1)})
+        print(rows[-1], flush=True)
         # sampling, 64 images; per-step cost is what differs, so quick/CPU runs time fewer steps
         n = 64
         sample_steps = 1000 if gpu and not args.quick else (200 if gpu else (10 if args.quick else 25))
