@@ -170,3 +170,21 @@ def export_weights(run_or_checkpoint, out_dir, weights="ema"):
     meta = dict(config["meta"])
     meta["weights"] = "ema" if weights == "ema" and "ema.safetensors" in config["sha256"] else "model"
     return save_checkpoint(out_dir, model, config["model"], meta=meta)
+
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
+
+
+def pretrained(name, device="cpu"):
+    """A shipped model: "unet2d" (seed config) or "basic-fixed". Checks the sha256 of the weights
+    against config.json and MANIFEST.json; returns the model in eval mode."""
+    with open(os.path.join(WEIGHTS_DIR, "MANIFEST.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    models = {k: v for k, v in manifest.items() if k in ("unet2d", "basic-fixed")}
+    if name not in models:
+        raise ValueError(f"name must be one of {', '.join(models)}, got {name!r}")
+    path = os.path.join(WEIGHTS_DIR, name)
+    if sha256_file(os.path.join(path, "model.safetensors")) != models[name]["sha256"]:
+        raise ValueError(f"sha256 of the shipped {name} weights does not match MANIFEST.json")
+    model, _ = load_checkpoint(path, device=device)
+    return model

@@ -1,0 +1,69 @@
+"""Train the shipped digit classifier (CPU, deterministic) and write ddpm_lib/weights/MANIFEST.json
+from the shipped checkpoints, their GPU-drawn samples (bench/results/samples_gpu.safetensors)
+and the metric. Run: python bench/make_weights.py [--skip-classifier]"""
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import ddpm_lib as dl
+from ddpm_lib import metrics
+from ddpm_lib.checkpoints import FORMAT, _atomic_write_json, read_config, sha256_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+W = os.path.join(ROOT, "ddpm_lib", "weights")
+CLS_KW = dict(steps=800, batch_size=128, lr=1e-3, seed=0)
+
+
+def write_classifier():
+    t0 = time.perf_counter()
+    model, losses = metrics.train_classifier(**CLS_KW)
+    wall = time.perf_counter() - t0
+    test = dl.load_mnist("test", source="embedded")
+    with torch.no_grad():
+        acc = (model(test.images).argmax(-1) == test.labels).double().mean().item()
+    os.makedirs(metrics.WEIGHTS_DIR, exist_ok=True)
+    target = os.path.join(metrics.WEIGHTS_DIR, "model.safetensors")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, target)
+    meta = {"call": f"ddpm_lib.metrics.train_classifier(**{CLS_KW})", **CLS_KW, "data": "embedded",
+            "test_accuracy": acc, "wall_time_s": round(wall, 1), "hardware": f"cpu ({os.cpu_count()} cores, {platform.machine()})",
+            "torch": torch.__version__, "losses": [round(x, 6) for x in losses]}
+    _atomic_write_json({"format": FORMAT, "model": "classifier", "meta": meta,
+                        "sha256": {"model.safetensors": sha256_file(target)}}, os.path.join(metrics.WEIGHTS_DIR, "config.json"))
+
+
+def main(argv):
+    if "--skip-classifier" not in argv:
+        write_classifier()
+    cls = metrics.load_classifier()
+    cmeta = read_config(metrics.WEIGHTS_DIR)["meta"]
+    samples = load_file(os.path.join(ROOT, "bench", "results", "samples_gpu.safetensors"))
+    base = metrics.baselines(cls)
+    manifest = {"classifier": {"call": cmeta["call"], "test_accuracy": cmeta["test_accuracy"],
+                               "wall_time_s": cmeta["wall_time_s"], "hardware": cmeta["hardware"],
+                               "sha256": sha256_file(os.path.join(metrics.WEIGHTS_DIR, "model.safetensors"))},
+                "baselines": {"real_vs_real": base["real"], "noise": base["noise"]}}
+    for name in ("unet2d", "basic-fixed"):
+        meta = read_config(os.path.join(W, name))["meta"]
+        last = meta["losses"][-100:]
+        manifest[name] = {
+            "command": meta["commands"][0], "seed": meta["seed"], "data": meta["data"], "steps": meta["step"],
+            "batch_size": meta["batch_size"], "images_seen": meta["step"] * meta["batch_size"],
+            "wall_time_s": meta["wall_time_s"], "hardware": meta["hardware"], "torch": meta["torch"],
+            "precision": meta["precision"], "weights": meta["weights"], "first_losses": meta["losses"][:20],
+            "final_loss_mean_last_100": round(sum(last) / len(last), 5),
+            "metrics_256_samples": metrics.evaluate(samples[name], cls),
+            "samples": "bench/results/samples_gpu.safetensors: 32 batches of 8, batch k drawn with "
+                       "torch.Generator().manual_seed(k), fp32, TF32 off",
+            "sha256": sha256_file(os.path.join(W, name, "model.safetensors")),
+        }
+    _atomic_write_json(manifest, os.path.join(W, "MANIFEST.json"))
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk not in ("first_losses", "counts")} for k, v in manifest.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,100 @@
+"""The shipped weights: hash-checked loading, real provenance (the recorded command's first steps
+replay to the recorded losses), GPU-drawn samples that replay on CPU, and the quality targets."""
+import json
+import os
+import shlex
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import ddpm_lib as dl
+from ddpm_lib import metrics
+from ddpm_lib.checkpoints import WEIGHTS_DIR, read_config
+from ddpm_lib.cli import build_parser
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MANIFEST = json.load(open(os.path.join(WEIGHTS_DIR, "MANIFEST.json")))
+SAMPLES = os.path.join(ROOT, "bench", "results", "samples_gpu.safetensors")
+
+
+def replay_losses(name, steps, seed=None):
+    """Re-run the first steps of the recorded CLI command on CPU in fp32."""
+    argv = shlex.split(MANIFEST[name]["command"])[3:]  # drop "python -m ddpm_lib"
+    args = build_parser().parse_args(argv)
+    seed = args.seed if seed is None else seed
+    torch.manual_seed(seed)
+    model = dl.build_model(args.model)
+    data = dl.load_mnist("train", source=args.data)
+    return dl.train(model, data.images, dl.NoiseSchedule.linear(), steps=steps, batch_size=args.batch_size,
+                    lr=args.lr, seed=seed, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,steps", [("unet2d", 3), ("basic-fixed", 10)])
+def test_recorded_command_replays_to_recorded_losses(name, steps):
+    recorded = MANIFEST[name]["first_losses"][:steps]
+    ours = replay_losses(name, steps)
+    # the H200 run used bf16 autocast, this replay fp32 on CPU: measured gap <= 0.03 %
+    rel = [abs(a - b) / b for a, b in zip(ours, recorded)]
+    assert max(rel) < 0.005, (ours, recorded)
+    # negative control: seed 1 is farther than the tolerance (measured 9 % and 12 %), so the test can tell
+    other = replay_losses(name, steps, seed=1)
+    assert max(abs(a - b) / b for a, b in zip(other, recorded)) > 0.02
+
+
+def test_classifier_replays_and_is_accurate():
+    cfg = read_config(metrics.WEIGHTS_DIR)["meta"]
+    kw = {k: cfg[k] for k in ("batch_size", "lr", "seed")}
+    torch.manual_seed(kw["seed"])
+    # the first 20 steps of the recorded call, exactly (same CPU code path)
+    _, losses = metrics.train_classifier(steps=20, **kw)
+    assert losses == pytest.approx(cfg["losses"][:20], rel=1e-4, abs=1e-5)
+    test = dl.load_mnist("test", source="embedded")
+    with torch.no_grad():
+        acc = (metrics.load_classifier()(test.images).argmax(-1) == test.labels).double().mean().item()
+    assert acc == pytest.approx(cfg["test_accuracy"], abs=1e-6) and acc >= 0.95
+
+
+def test_pretrained_checks_hash(tmp_path, monkeypatch):
+    model = dl.pretrained("basic-fixed")
+    assert isinstance(model, dl.BasicUNetFixed) and not model.training
+    with pytest.raises(ValueError, match="name must be one of"):
+        dl.pretrained("gan")
+    import shutil
+    import ddpm_lib.checkpoints as ck
+    fake = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, fake)
+    with open(fake / "basic-fixed" / "model.safetensors", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    monkeypatch.setattr(ck, "WEIGHTS_DIR", str(fake))
+    with pytest.raises(ValueError, match="sha256"):
+        ck.pretrained("basic-fixed")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["basic-fixed", "unet2d"])
+def test_gpu_samples_replay_on_cpu(name):
+    stored = load_file(SAMPLES)[name][:8]
+    x = dl.sample(dl.pretrained(name), dl.NoiseSchedule.linear(), (8, 1, 28, 28),
+                  generator=torch.Generator().manual_seed(0), progress=False)
+    assert (x - stored).abs().max().item() < 1e-2
+
+
+def test_shipped_unet2d_meets_the_quality_targets():
+    samples = load_file(SAMPLES)
+    real = MANIFEST["baselines"]["real_vs_real"]
+    m = metrics.evaluate(samples["unet2d"])
+    recorded = MANIFEST["unet2d"]["metrics_256_samples"]
+    assert m["counts"] == recorded["counts"]
+    for k in ("frechet", "confident", "entropy_bits"):
+        assert m[k] == pytest.approx(recorded[k], rel=1e-4)
+    assert m["confident"] >= real["confident"] - 0.05
+    assert m["entropy_bits"] >= 3.25
+    assert m["frechet"] <= 2.5 * real["frechet"]
+    # and the metric can tell: the weaker model and pure noise score worse
+    b = metrics.evaluate(samples["basic-fixed"])
+    noise = MANIFEST["baselines"]["noise"]
+    assert b["frechet"] > 3 * m["frechet"] and b["confident"] < m["confident"] - 0.2
+    assert noise["frechet"] > 10 * m["frechet"] and noise["entropy_bits"] < 1.0
