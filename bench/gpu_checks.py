@@ -36,7 +36,7 @@ def main(out, runs, smoke=False):
         report[f"{name}_sample_s"] = round(time.perf_counter() - t0, 2)
         plain = dl.sample(model, s, (SAMPLE_BATCH, 1, 28, 28), generator=torch.Generator().manual_seed(0), progress=False, fast=False)
         report[f"{name}_fast_vs_plain_sample_maxdiff"] = (plain.cpu() - xs[0].cpu()).abs().max().item()
-    save_file(samples, os.path.join(out, "samples_gpu.safetensors"))
+    save_file(samples, os.path.join(out, "samples.safetensors"))  # shipped in ddpm_lib/weights/
     # bf16 fast training path vs fp32 plain path: same init, same batches
     images = dl.load_mnist("train", source="embedded").images
     for name in ("basic-fixed", "unet2d"):

@@ -1,5 +1,5 @@
 """Train the shipped digit classifier (CPU, deterministic) and write ddpm_lib/weights/MANIFEST.json
-from the shipped checkpoints, their GPU-drawn samples (bench/results/samples_gpu.safetensors)
+from the shipped checkpoints, their GPU-drawn samples (ddpm_lib/weights/samples.safetensors)
 and the metric. Run: python bench/make_weights.py [--skip-classifier]"""
 import json
 import os
@@ -41,7 +41,7 @@ def main(argv):
         write_classifier()
     cls = metrics.load_classifier()
     cmeta = read_config(metrics.WEIGHTS_DIR)["meta"]
-    samples = load_file(os.path.join(ROOT, "bench", "results", "samples_gpu.safetensors"))
+    samples = load_file(os.path.join(W, "samples.safetensors"))
     base = metrics.baselines(cls)
     manifest = {"classifier": {"call": cmeta["call"], "test_accuracy": cmeta["test_accuracy"],
                                "wall_time_s": cmeta["wall_time_s"], "hardware": cmeta["hardware"],
@@ -57,7 +57,7 @@ def main(argv):
             "precision": meta["precision"], "weights": meta["weights"], "first_losses": meta["losses"][:20],
             "final_loss_mean_last_100": round(sum(last) / len(last), 5),
             "metrics_256_samples": metrics.evaluate(samples[name], cls),
-            "samples": "bench/results/samples_gpu.safetensors: 32 batches of 8, batch k drawn with "
+            "samples": "ddpm_lib/weights/samples.safetensors: 32 batches of 8, batch k drawn with "
                        "torch.Generator().manual_seed(k), fp32, TF32 off",
             "sha256": sha256_file(os.path.join(W, name, "model.safetensors")),
         }

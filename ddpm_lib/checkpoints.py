@@ -188,3 +188,14 @@ def pretrained(name, device="cpu"):
         raise ValueError(f"sha256 of the shipped {name} weights does not match MANIFEST.json")
     model, _ = load_checkpoint(path, device=device)
     return model
+
+
+def pretrained_samples(name):
+    """The 256 samples the shipped model drew on the GPU (32 batches of 8; batch k from
+    torch.Generator().manual_seed(k), fp32): (256, 1, 28, 28). A CPU run of any batch
+    reproduces them (tests/test_pretrained.py); they spare readers minutes of CPU sampling."""
+    from safetensors.torch import load_file
+
+    if name not in ("unet2d", "basic-fixed"):
+        raise ValueError(f"name must be 'unet2d' or 'basic-fixed', got {name!r}")
+    return load_file(os.path.join(WEIGHTS_DIR, "samples.safetensors"))[name]

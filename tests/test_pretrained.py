@@ -15,7 +15,7 @@ from ddpm_lib.cli import build_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANIFEST = json.load(open(os.path.join(WEIGHTS_DIR, "MANIFEST.json")))
-SAMPLES = os.path.join(ROOT, "bench", "results", "samples_gpu.safetensors")
+SAMPLES = os.path.join(WEIGHTS_DIR, "samples.safetensors")
 
 
 def replay_losses(name, steps, seed=None):

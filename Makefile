@@ -1,0 +1,48 @@
+# The two commands a new user runs: `make book` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+JB     := $(BIN)/jupyter-book build . -W -n --keep-going
+NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
+
+.PHONY: install book test unit nbval book-strict browser execute timings bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+book: $(STAMP)
+	$(JB)
+	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
+
+test: unit nbval book-strict browser
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests --ignore=tests/browser -ra
+
+nbval: $(STAMP)
+	$(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with book/nbval_sanitize.cfg -p no:cacheprovider book/ -ra --durations=0
+
+book-strict: $(STAMP)
+	rm -rf _build/html
+	$(JB)
+
+browser: $(STAMP)
+	$(BIN)/python -m pytest tests/browser -ra
+
+execute: $(STAMP)
+	for nb in $(NOTEBOOKS); do $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1200 $$nb || exit 1; done
+
+timings: $(STAMP)
+	$(BIN)/python bench/timings.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py --json bench/results/bench_cpu.json
+
+clean:
+	rm -rf _build
