@@ -36,7 +36,7 @@ browser: $(STAMP)
 	$(BIN)/python -m pytest tests/browser -ra
 
 execute: $(STAMP)
-	for nb in $(NOTEBOOKS); do $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1200 $$nb || exit 1; done
+	for nb in $(NOTEBOOKS); do $(BIN)/jupyter execute --inplace --timeout=1200 $$nb || exit 1; done
 
 timings: $(STAMP)
 	$(BIN)/python bench/timings.py

@@ -114,7 +114,7 @@ def evaluate(images, classifier=None, reference=None):
     conf, pred = p.max(-1)
     counts = torch.bincount(pred, minlength=10)
     q = counts.double() / counts.sum()
-    entropy = -sum(float(v) * math.log2(float(v)) for v in q if v > 0)
+    entropy = sum(-float(v) * math.log2(float(v)) for v in q if v > 0)  # 0.0, not -0.0, for one class
     return {"frechet": frechet_distance(f, f_ref), "confident": float((conf >= 0.9).double().mean()),
             "entropy_bits": entropy, "counts": counts.tolist()}
 
