@@ -177,9 +177,13 @@ def cmd_sample(args):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    if args.command == "train":
-        return cmd_train(args, argv)
-    elif args.command == "sample":
-        return cmd_sample(args)
-    else:  # argparse's required subcommand makes this unreachable for valid input
-        raise SystemExit(f"error: unknown command {args.command!r}")
+    try:
+        if args.command == "train":
+            return cmd_train(args, argv)
+        elif args.command == "sample":
+            return cmd_sample(args)
+        else:  # argparse's required subcommand makes this unreachable for valid input
+            raise SystemExit(f"error: unknown command {args.command!r}")
+    except ValueError as e:  # ddpm_lib's input errors: one clear line, exit status 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2

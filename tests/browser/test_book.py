@@ -1,0 +1,130 @@
+"""The built book as a reader meets it, in headless Chromium (Debian's), served on 127.0.0.1.
+
+Needs `_build/html` (make book / make test build it first). Every request that is not to the
+local server is blocked, so the checks also prove the book works offline.
+"""
+import functools
+import http.server
+import os
+import threading
+import urllib.parse
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HTML = os.path.join(ROOT, "_build", "html")
+SHOTS = os.path.join(ROOT, "_build", "screenshots")
+CHROMIUM = "/usr/bin/chromium"
+MATH_PAGES = {"book/preface", "book/01_introduction", "book/02_forward_process", "book/03_reverse_process",
+              "book/04_objective", "book/05_basic_unet", "book/06_unet2d", "book/errata", "book/glossary"}
+
+
+def toc_pages():
+    toc = yaml.safe_load(open(os.path.join(ROOT, "_toc.yml"), encoding="utf-8"))
+    pages = [toc["root"]]
+    for part in toc.get("parts", []):
+        pages += [c["file"] for c in part["chapters"]]
+    return pages
+
+
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} not found: install Debian's Chromium (apt-get install chromium) to run the browser tests",
+                allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not os.path.isfile(os.path.join(HTML, "index.html")):
+        pytest.fail("_build/html is missing: build the book first (make book)")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=HTML)
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.blocked, page.errors = [], []
+
+    def route(r):
+        if r.request.url.startswith(server) or r.request.url.startswith("data:"):
+            r.continue_()
+        else:
+            page.blocked.append(r.request.url)
+            r.abort()
+    page.route("**/*", route)
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    yield page
+    context.close()
+
+
+VISIBLE_TEXT_WITHOUT_CODE = """() => {
+  const main = document.querySelector('article') || document.body;
+  const c = main.cloneNode(true);
+  c.querySelectorAll('pre, code, .highlight, .cell_output, script, style, mjx-container').forEach(e => e.remove());
+  return c.innerText;
+}"""
+
+
+@pytest.mark.parametrize("doc", toc_pages())
+def test_page_renders(page, server, doc):
+    response = page.goto(f"{server}/{doc}.html", wait_until="load")
+    assert response.status == 200
+    # wait for MathJax to finish typesetting, where it is present
+    if page.evaluate("() => !!(window.MathJax && window.MathJax.startup)"):
+        page.wait_for_function("() => window.MathJax.startup.promise !== undefined")
+        page.evaluate("() => window.MathJax.startup.promise")
+    n_math = page.locator("mjx-container").count()
+    if doc in MATH_PAGES:
+        assert n_math > 0, "no typeset maths"
+    text = page.evaluate(VISIBLE_TEXT_WITHOUT_CODE)
+    assert "$$" not in text and "\\(" not in text and "\\[" not in text, "raw TeX left in the page text"
+    assert "\\frac" not in text and "\\bar" not in text, "raw TeX left in the page text"
+    # every image decoded
+    page.evaluate("() => Promise.all([...document.images].map(i => { i.loading = 'eager'; return i.decode().catch(() => null); }))")
+    broken = page.evaluate("() => [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+    assert broken == []
+    # every local link resolves to a file of the build
+    hrefs = page.evaluate("() => [...document.querySelectorAll('a[href]')].map(a => a.href)")
+    missing = []
+    for h in hrefs:
+        if not h.startswith(server):
+            continue
+        path = urllib.parse.unquote(urllib.parse.urlparse(h).path).lstrip("/")
+        target = os.path.join(HTML, path)
+        if os.path.isdir(target):
+            target = os.path.join(target, "index.html")
+        if not os.path.exists(target):
+            missing.append(h)
+    assert missing == []
+    os.makedirs(SHOTS, exist_ok=True)
+    page.screenshot(path=os.path.join(SHOTS, doc.replace("/", "_") + ".png"), full_page=True)
+    assert page.errors == [], page.errors
+    assert page.blocked == [], f"requests to the network: {page.blocked}"
+
+
+@pytest.mark.parametrize("query", ["扩散", "噪声"])
+def test_chinese_search_finds_pages(page, server, query):
+    page.goto(f"{server}/search.html?q={urllib.parse.quote(query)}", wait_until="load")
+    page.wait_for_selector("#search-results ul.search li", timeout=20_000)
+    n = page.locator("#search-results ul.search li").count()
+    assert n >= 3, n
+    assert page.errors == [] and page.blocked == []

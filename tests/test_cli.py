@@ -1,0 +1,87 @@
+"""The training CLI: bad arguments, atomic checkpoints, and resume after a real interruption."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import ddpm_lib as dl
+from ddpm_lib.checkpoints import read_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "ddpm_lib", *args], capture_output=True, text=True, cwd=ROOT, **kw)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--model", "vae", "--steps", "5", "--out", "x"], "invalid choice: 'vae'"),
+    (["train", "--model", "basic", "--steps", "0", "--out", "x"], "expected a positive integer, got 0"),
+    (["train", "--model", "basic", "--steps", "5", "--lr", "-1", "--out", "x"], "expected a positive number"),
+    (["train", "--model", "basic", "--steps", "5"], "the following arguments are required: --out"),
+    (["sample", "--checkpoint", "/nonexistent", "--out", "g.png"], "no checkpoint at"),
+])
+def test_bad_arguments_exit_nonzero_with_a_message(args, message):
+    r = cli(*args)
+    assert r.returncode != 0
+    assert message in r.stderr
+
+
+def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path):
+    r = cli("train", "--model", "basic", "--steps", "2", "--batch-size", "4", "--out", str(tmp_path / "r"),
+            "--resume", "--device", "cpu")
+    assert r.returncode != 0 and "holds no checkpoint" in r.stderr
+    ok = cli("train", "--model", "basic", "--steps", "2", "--batch-size", "4", "--checkpoint-every", "1",
+             "--out", str(tmp_path / "r"), "--device", "cpu", "--no-progress")
+    assert ok.returncode == 0, ok.stderr
+    again = cli("train", "--model", "basic", "--steps", "2", "--batch-size", "4", "--out", str(tmp_path / "r"), "--device", "cpu")
+    assert again.returncode != 0 and "already holds a run" in again.stderr
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_with_no_lost_or_repeated_step(tmp_path):
+    common = ["--model", "basic-fixed", "--batch-size", "8", "--lr", "1e-3", "--seed", "5", "--device", "cpu",
+              "--no-progress", "--num-timesteps", "100"]
+    # reference: 40 steps in one go
+    ref = cli("train", *common, "--steps", "40", "--checkpoint-every", "40", "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    # the same run, killed (SIGKILL) once a checkpoint exists, then resumed
+    run = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "ddpm_lib", "train", *common, "--steps", "40", "--checkpoint-every", "5",
+                          "--out", str(run)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "latest").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    killed_at = read_config(str(run))["meta"]["step"]
+    assert 0 < killed_at < 40, killed_at  # it really was interrupted mid-run
+    res = cli("train", *common, "--steps", "40", "--checkpoint-every", "5", "--out", str(run), "--resume")
+    assert res.returncode == 0, res.stderr
+    a, b = read_config(str(tmp_path / "ref"))["meta"], read_config(str(run))["meta"]
+    assert b["step"] == 40 and len(b["losses"]) == 40
+    assert b["losses"] == a["losses"]  # no step lost or repeated: the same 40 losses
+    m_ref, _ = dl.load_checkpoint(str(tmp_path / "ref"), weights="model")
+    m_run, _ = dl.load_checkpoint(str(run), weights="model")
+    for p1, p2 in zip(m_ref.parameters(), m_run.parameters()):
+        assert torch.equal(p1, p2)
+    e_ref, _ = dl.load_checkpoint(str(tmp_path / "ref"), weights="ema")
+    e_run, _ = dl.load_checkpoint(str(run), weights="ema")
+    for p1, p2 in zip(e_ref.parameters(), e_run.parameters()):
+        assert torch.allclose(p1, p2, atol=1e-7)
+    assert len(b["commands"]) == 2
+
+
+def test_sample_command_writes_a_grid(tmp_path):
+    out = tmp_path / "grid.png"
+    r = cli("sample", "--checkpoint", os.path.join(ROOT, "ddpm_lib", "weights", "basic-fixed"), "-n", "4",
+            "--out", str(out), "--device", "cpu", "--no-progress", "--nrow", "2")
+    assert r.returncode == 0, r.stderr
+    from PIL import Image
+    img = Image.open(out)
+    assert img.size == (2 * 28 + 3 * 2, 2 * 28 + 3 * 2)
