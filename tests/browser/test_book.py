@@ -37,8 +37,10 @@ if not os.path.exists(CHROMIUM):
 def server():
     if not os.path.isfile(os.path.join(HTML, "index.html")):
         pytest.fail("_build/html is missing: build the book first (make book)")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=HTML)
-    handler.log_message = lambda *a: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+    handler = functools.partial(Quiet, directory=HTML)
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -72,6 +74,7 @@ def page(browser, server):
     page.route("**/*", route)
     page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.on("requestfailed", lambda r: page.errors.append(f"request failed: {r.url}"))
     yield page
     context.close()
 
