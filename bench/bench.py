@@ -127,7 +127,7 @@ def main(argv=None):
             steps = 30 if args.quick else 100
             fast = dict(batch_size=512, precision="bf16", channels_last=True, compile=True, warmup=20)
         else:
-            steps = {"basic": 4, "unet2d": 2}[name] if args.quick else {"basic": 20, "unet2d": 6}[name]
+            steps = {"basic": 3, "unet2d": 1}[name] if args.quick else {"basic": 20, "unet2d": 6}[name]
             fast = dict(batch_size=128, warmup=1)
         peak_reset(device)
         plain, ours = alternate(lambda: plain_train(name, images, device, steps),
@@ -138,7 +138,7 @@ def main(argv=None):
         print(rows[-1], flush=True)
         # sampling, 64 images; per-step cost is what differs, so quick/CPU runs time fewer steps
         n = 64
-        sample_steps = 1000 if gpu and not args.quick else (200 if gpu else (10 if args.quick else 25))
+        sample_steps = 1000 if gpu and not args.quick else (200 if gpu else (5 if args.quick else 25))
         model = fresh(name, device).eval()
         if name == "basic":
             model = dl.BasicUNetFixed().to(device).eval()  # the seed's class has no t input for a pipeline
