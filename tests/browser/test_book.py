@@ -131,3 +131,16 @@ def test_chinese_search_finds_pages(page, server, query):
     n = page.locator("#search-results ul.search li").count()
     assert n >= 3, n
     assert page.errors == [] and page.blocked == []
+
+
+@pytest.mark.parametrize("doc", [d for d in toc_pages() if d in MATH_PAGES])
+def test_figures_fit_a_phone_width_page(browser, server, doc):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    page = context.new_page()
+    page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(server) else r.abort())
+    page.goto(f"{server}/{doc}.html", wait_until="load")
+    widths = page.evaluate("() => [...document.querySelectorAll('article img')].map(i => i.getBoundingClientRect().right)")
+    assert all(w <= 390 + 1 for w in widths), widths  # no figure runs off the screen
+    os.makedirs(SHOTS, exist_ok=True)
+    page.screenshot(path=os.path.join(SHOTS, "phone_" + doc.replace("/", "_") + ".png"))
+    context.close()
