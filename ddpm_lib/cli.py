@@ -17,7 +17,7 @@ from .data import SOURCES, load_mnist
 from .device import default_device
 from .models import MODEL_NAMES, build_model
 from .schedule import NoiseSchedule
-from .training import make_ema, train
+from .training import make_ema, make_optimizer, train
 
 
 def _checked(cast, ok, what):
@@ -88,9 +88,8 @@ def cmd_train(args, argv):
     schedule = NoiseSchedule.linear(num_timesteps=args.num_timesteps)
     data = load_mnist("train", source=args.data)
     torch.manual_seed(args.seed)  # the model's initial weights depend on the seed alone
-    model = build_model(args.model, num_timesteps=args.num_timesteps) if args.model == "basic-fixed" else build_model(args.model)
-    model = model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=device.type == "cuda")
+    model = build_model(args.model, num_timesteps=args.num_timesteps).to(device)
+    optimizer = make_optimizer(model, args.lr)
     ema = make_ema(model, decay=args.ema_decay)
     start_step, losses, wall = 0, [], 0.0
     command = "python -m ddpm_lib " + " ".join(argv)

@@ -17,6 +17,13 @@ def make_ema(model, decay=0.999):
     return EMAModel(model.parameters(), decay=decay, foreach=True)
 
 
+def make_optimizer(model, lr=1e-3):
+    """AdamW over the model's parameters: the fused kernel on CUDA, PyTorch's default (foreach)
+    elsewhere. (Passing fused=False explicitly would also switch foreach off.)"""
+    cuda = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(model.parameters(), lr=lr, fused=True if cuda else None)
+
+
 def step_generator(seed, step):
     """The CPU generator for one training step: a function of (seed, step) only, so a resumed
     run draws exactly what an uninterrupted one would."""
@@ -31,7 +38,7 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, progr
     model: a denoiser on its device; images: (N, C, H, W) in [-1, 1] (any device);
     steps: total steps, of which start_step are already done (resume); each step draws its
     batch, t and eps from ``step_generator(seed, step)``, so on CPU the run is deterministic
-    and resuming repeats nothing. optimizer defaults to AdamW(lr); ema (``make_ema``) is
+    and resuming repeats nothing. optimizer defaults to ``make_optimizer(model, lr)``; ema (``make_ema``) is
     updated after each step; callback(step, loss_tensor) runs after each step (1-based step).
     precision: "fp32" (default, the plain loop) or "bf16" (autocast on CUDA; the fast GPU path,
     losses within ~1 % of fp32). channels_last converts the model's memory format in place;
@@ -56,7 +63,7 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, progr
     images = images.to(device)
     schedule = schedule.to(device)
     if optimizer is None:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, fused=device.type == "cuda")
+        optimizer = make_optimizer(model, lr)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     eps_fn = as_denoiser(torch.compile(model) if compile else model)

@@ -42,3 +42,9 @@ def test_cuda_graph_sampler_matches_the_eager_loop():
 def test_schedule_to_returns_a_copy():
     s2 = S.to("cpu")
     assert s2 is not S and torch.equal(s2.alphas_cumprod, S.alphas_cumprod)
+
+
+def test_default_optimizer_keeps_foreach_on_cpu():
+    opt = dl.training.make_optimizer(dl.BasicUNet(), lr=1e-3)
+    # fused=False would silently select the slow single-tensor loop; None lets PyTorch pick foreach
+    assert opt.defaults["fused"] is None and opt.defaults["foreach"] is None
