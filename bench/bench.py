@@ -91,21 +91,23 @@ def pipeline_sample(model, n, steps, device):
     return time.perf_counter() - t0
 
 
-def lib_sample(model, n, steps, device, fast):
+def lib_sample(model, n, steps, device, precision="fp32"):
     s = dl.NoiseSchedule.linear(num_timesteps=steps)  # per-step cost does not depend on T
     sync(device)
     t0 = time.perf_counter()
-    dl.sample(model, s, (n, 1, 28, 28), generator=torch.Generator().manual_seed(0), progress=False, fast=fast)
+    dl.sample(model, s, (n, 1, 28, 28), generator=torch.Generator().manual_seed(0), progress=False,
+              precision=precision)
     sync(device)
     return time.perf_counter() - t0
 
 
-def alternate(fa, fb, repeats):
-    a, b = [], []
+def alternate(fns, repeats):
+    """Run the functions in turn, `repeats` rounds; the median of each."""
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        a.append(fa())
-        b.append(fb())
-    return statistics.median(a), statistics.median(b)
+        for f, ts in zip(fns, times):
+            ts.append(f())
+    return [statistics.median(ts) for ts in times]
 
 
 def main(argv=None):
@@ -126,12 +128,13 @@ def main(argv=None):
         if gpu:
             steps = 30 if args.quick else 100
             fast = dict(batch_size=512, precision="bf16", channels_last=True, compile=True, warmup=20)
-        else:
+        else:  # the CPU levers that pay for each model (book/timings.md): bf16 for BasicUNet's 5x5
+            # convolutions, two half-batches on two cores for unet2d's small feature maps
             steps = {"basic": 3, "unet2d": 1}[name] if args.quick else {"basic": 20, "unet2d": 6}[name]
-            fast = dict(batch_size=128, warmup=1)
+            fast = dict(batch_size=128, warmup=1, **({"precision": "bf16"} if name == "basic" else {"split_batch": True}))
         peak_reset(device)
-        plain, ours = alternate(lambda: plain_train(name, images, device, steps),
-                                lambda: lib_train(name, images, device, steps, fast), repeats)
+        plain, ours = alternate([lambda: plain_train(name, images, device, steps),
+                                 lambda: lib_train(name, images, device, steps, fast)], repeats)
         rows.append({"what": f"train {name}", "unit": "images/s", "plain": round(plain, 1), "ddpm_lib": round(ours, 1),
                      "ratio": round(ours / plain, 2), "ddpm_lib_settings": {k: v for k, v in fast.items() if k != "warmup"},
                      "peak_mib": round(peak_mib(device), 1)})
@@ -146,15 +149,18 @@ def main(argv=None):
         else:
             pipe_model = model
         pipeline_sample(pipe_model, n, 2, device)  # warm-up
-        lib_sample(model, n, 2, device, fast=True)
+        lib_sample(model, n, 2, device)
         peak_reset(device)
-        plain_s, ours_s = alternate(lambda: pipeline_sample(pipe_model, n, sample_steps, device),
-                                    lambda: lib_sample(model, n, sample_steps, device, fast=True), repeats)
+        plain_s, ours_s, bf16_s = alternate([lambda: pipeline_sample(pipe_model, n, sample_steps, device),
+                                             lambda: lib_sample(model, n, sample_steps, device),
+                                             lambda: lib_sample(model, n, sample_steps, device, "bf16")], repeats)
         scale = 1000 / sample_steps
-        rows.append({"what": f"sample {name if name != 'basic' else 'basic-fixed'} (64 images, 1000 steps)",
-                     "unit": "s", "plain": round(plain_s * scale, 2), "ddpm_lib": round(ours_s * scale, 2),
-                     "ratio": round(plain_s / ours_s, 2), "timed_steps": sample_steps,
-                     "peak_mib": round(peak_mib(device), 1)})
+        label = name if name != "basic" else "basic-fixed"
+        for what, ours_s in ((f"sample {label} (64 images, 1000 steps)", ours_s),
+                             (f"sample {label}, bf16 opt-in", bf16_s)):
+            rows.append({"what": what, "unit": "s", "plain": round(plain_s * scale, 2),
+                         "ddpm_lib": round(ours_s * scale, 2), "ratio": round(plain_s / ours_s, 2),
+                         "timed_steps": sample_steps, "peak_mib": round(peak_mib(device), 1)})
     info = {"device": torch.cuda.get_device_name(device) if gpu else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
             "torch": torch.__version__, "quick": args.quick, "repeats": repeats, "rows": rows}
     print(f"device: {info['device']}  torch {info['torch']}  repeats {repeats} (medians)")

@@ -1,0 +1,38 @@
+"""Ship one trained run: export its EMA weights to ddpm_lib/weights/NAME and redraw NAME's metric
+samples in ddpm_lib/weights/samples.safetensors (32 batches of 8, batch k from
+Generator(cpu).manual_seed(k), fp32), keeping the other models' samples. Then run
+`python bench/make_weights.py --skip-classifier` to rewrite MANIFEST.json.
+
+    python bench/ship_model.py RUN_DIR NAME      # e.g. runs/basic-fixed basic-fixed
+"""
+import os
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import ddpm_lib as dl
+from ddpm_lib.checkpoints import WEIGHTS_DIR, export_weights
+
+SAMPLE_BATCHES, SAMPLE_BATCH = 32, 8
+
+
+def main(run, name):
+    out = os.path.join(WEIGHTS_DIR, name)
+    export_weights(run, out)
+    model, _ = dl.load_checkpoint(out)
+    s = dl.NoiseSchedule.linear()
+    t0 = time.perf_counter()
+    xs = [dl.sample(model, s, (SAMPLE_BATCH, 1, 28, 28), generator=torch.Generator().manual_seed(k), progress=False)
+          for k in range(SAMPLE_BATCHES)]
+    path = os.path.join(WEIGHTS_DIR, "samples.safetensors")
+    samples = load_file(path)
+    samples[name] = torch.cat(xs).contiguous()
+    save_file(samples, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    print(f"{name}: weights -> {out}; {SAMPLE_BATCHES * SAMPLE_BATCH} samples in {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
