@@ -5,6 +5,7 @@ reports medians and ratios, writes JSON.
     python bench/bench.py [--quick] [--device cpu|cuda] [--json bench/results/cpu.json]
 """
 import argparse
+import copy
 import json
 import os
 import platform
@@ -91,12 +92,11 @@ def pipeline_sample(model, n, steps, device):
     return time.perf_counter() - t0
 
 
-def lib_sample(model, n, steps, device, precision="fp32"):
+def lib_sample(model, n, steps, device, kw):
     s = dl.NoiseSchedule.linear(num_timesteps=steps)  # per-step cost does not depend on T
     sync(device)
     t0 = time.perf_counter()
-    dl.sample(model, s, (n, 1, 28, 28), generator=torch.Generator().manual_seed(0), progress=False,
-              precision=precision)
+    dl.sample(model, s, (n, 1, 28, 28), generator=torch.Generator().manual_seed(0), progress=False, **kw)
     sync(device)
     return time.perf_counter() - t0
 
@@ -127,46 +127,57 @@ def main(argv=None):
     for name in args.models.split(","):
         if gpu:
             steps = 30 if args.quick else 100
-            fast = dict(batch_size=512, precision="bf16", channels_last=True, compile=True, warmup=20)
-        else:  # the CPU levers that pay for each model (book/timings.md): bf16 for BasicUNet's 5x5
-            # convolutions, two half-batches on two cores for unet2d's small feature maps
+            variants = {"": dict(batch_size=512, precision="bf16", channels_last=True, compile=True, warmup=20)}
+            sample_kw = {"": {}, ", bf16 opt-in": {"precision": "bf16"}}
+        else:  # the CPU levers that pay for each model (book/timings.md): channels_last for BasicUNet's
+            # 5x5 convolutions, two half-batches on two cores for unet2d's small feature maps; bf16 opt-in
             steps = {"basic": 3, "unet2d": 1}[name] if args.quick else {"basic": 20, "unet2d": 6}[name]
-            fast = dict(batch_size=128, warmup=1, **({"precision": "bf16"} if name == "basic" else {"split_batch": True}))
+            lever = {"channels_last": True} if name == "basic" else {"split_batch": True}
+            variants = {"": dict(batch_size=128, warmup=1, **lever),
+                        ", bf16 opt-in": dict(batch_size=128, warmup=1, precision="bf16", **lever)}
+            cl = {"channels_last": True} if name == "basic" else {}  # sampling splits the batch by default
+            sample_kw = {"": cl, ", bf16 opt-in": dict(precision="bf16", **cl)}
         peak_reset(device)
-        plain, ours = alternate([lambda: plain_train(name, images, device, steps),
-                                 lambda: lib_train(name, images, device, steps, fast)], repeats)
-        rows.append({"what": f"train {name}", "unit": "images/s", "plain": round(plain, 1), "ddpm_lib": round(ours, 1),
-                     "ratio": round(ours / plain, 2), "ddpm_lib_settings": {k: v for k, v in fast.items() if k != "warmup"},
-                     "peak_mib": round(peak_mib(device), 1)})
-        print(rows[-1], flush=True)
+        fns = [lambda: plain_train(name, images, device, steps)]
+        fns += [lambda kw=kw: lib_train(name, images, device, steps, kw) for kw in variants.values()]
+        plain, *ours = alternate(fns, repeats)
+        for (suffix, kw), o in zip(variants.items(), ours):
+            rows.append({"what": f"train {name}{suffix}", "unit": "images/s", "plain": round(plain, 1),
+                         "ddpm_lib": round(o, 1), "ratio": round(o / plain, 2),
+                         "ddpm_lib_settings": {k: v for k, v in kw.items() if k != "warmup"},
+                         "peak_mib": round(peak_mib(device), 1)})
+            print(rows[-1], flush=True)
         # sampling, 64 images; per-step cost is what differs, so quick/CPU runs time fewer steps
         n = 64
-        sample_steps = 1000 if gpu and not args.quick else (200 if gpu else (5 if args.quick else 25))
-        model = fresh(name, device).eval()
-        if name == "basic":
-            model = dl.BasicUNetFixed().to(device).eval()  # the seed's class has no t input for a pipeline
-            pipe_model = _PipelineAdapter(model)
+        sample_steps = 1000 if gpu and not args.quick else (200 if gpu else (3 if args.quick else 25))
+        torch.manual_seed(0)
+        if name == "basic":  # the seed's class has no t input for a pipeline
+            pipe_model = _PipelineAdapter(dl.BasicUNetFixed().to(device).eval())
+            model = copy.deepcopy(pipe_model.model)  # its own copy: channels_last converts in place
         else:
-            pipe_model = model
+            pipe_model = fresh(name, device).eval()
+            model = copy.deepcopy(pipe_model)
         pipeline_sample(pipe_model, n, 2, device)  # warm-up
-        lib_sample(model, n, 2, device)
+        for kw in sample_kw.values():
+            lib_sample(model, n, 2, device, kw)
         peak_reset(device)
-        plain_s, ours_s, bf16_s = alternate([lambda: pipeline_sample(pipe_model, n, sample_steps, device),
-                                             lambda: lib_sample(model, n, sample_steps, device),
-                                             lambda: lib_sample(model, n, sample_steps, device, "bf16")], repeats)
+        fns = [lambda: pipeline_sample(pipe_model, n, sample_steps, device)]
+        fns += [lambda kw=kw: lib_sample(model, n, sample_steps, device, kw) for kw in sample_kw.values()]
+        plain_s, *ours_s = alternate(fns, repeats)
         scale = 1000 / sample_steps
         label = name if name != "basic" else "basic-fixed"
-        for what, ours_s in ((f"sample {label} (64 images, 1000 steps)", ours_s),
-                             (f"sample {label}, bf16 opt-in", bf16_s)):
-            rows.append({"what": what, "unit": "s", "plain": round(plain_s * scale, 2),
-                         "ddpm_lib": round(ours_s * scale, 2), "ratio": round(plain_s / ours_s, 2),
-                         "timed_steps": sample_steps, "peak_mib": round(peak_mib(device), 1)})
+        for (suffix, kw), o in zip(sample_kw.items(), ours_s):
+            rows.append({"what": f"sample {label} (64 images, 1000 steps){suffix}", "unit": "s",
+                         "plain": round(plain_s * scale, 2), "ddpm_lib": round(o * scale, 2),
+                         "ratio": round(plain_s / o, 2), "ddpm_lib_settings": kw, "timed_steps": sample_steps,
+                         "peak_mib": round(peak_mib(device), 1)})
+            print(rows[-1], flush=True)
     info = {"device": torch.cuda.get_device_name(device) if gpu else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
             "torch": torch.__version__, "quick": args.quick, "repeats": repeats, "rows": rows}
     print(f"device: {info['device']}  torch {info['torch']}  repeats {repeats} (medians)")
-    print(f"{'benchmark':44s} {'plain':>10s} {'ddpm_lib':>10s} {'ratio':>6s}  unit")
+    print(f"{'benchmark':58s} {'plain':>10s} {'ddpm_lib':>10s} {'ratio':>6s}  unit")
     for r in rows:
-        print(f"{r['what']:44s} {r['plain']:>10} {r['ddpm_lib']:>10} {r['ratio']:>5}x  {r['unit']}")
+        print(f"{r['what']:58s} {r['plain']:>10} {r['ddpm_lib']:>10} {r['ratio']:>5}x  {r['unit']}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

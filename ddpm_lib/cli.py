@@ -61,11 +61,12 @@ def build_parser():
     t.add_argument("--ema-decay", type=_positive_float, default=0.999)
     t.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     t.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: autocast (GPUs; CPUs with bf16 instructions, e.g. BasicUNet 1.9x)")
-    t.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+                   help="bf16: autocast (GPUs; CPUs with bf16 instructions, e.g. BasicUNet)")
+    t.add_argument("--channels-last", action="store_true",
+                   help="channels_last memory format (GPU; CPU for basic models)")
     t.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     t.add_argument("--split-batch", action="store_true",
-                   help="CPU: two half-batches on two threads, gradients added (unet2d 1.15x)")
+                   help="CPU: two half-batches on two threads, gradients added (unet2d)")
     t.add_argument("--no-progress", action="store_true")
     s = sub.add_parser("sample", help="draw samples from a checkpoint and save a grid")
     s.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder with 'latest'")
@@ -76,6 +77,7 @@ def build_parser():
     s.add_argument("--nrow", type=_positive_int, default=8)
     s.add_argument("--device", default=None)
     s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (opt-in, faster)")
+    s.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster for basic models on CPU)")
     s.add_argument("--save-tensor", default=None, help="also save the samples as safetensors here")
     s.add_argument("--no-progress", action="store_true")
     return p
@@ -159,7 +161,7 @@ def cmd_sample(args):
     schedule = NoiseSchedule.linear(num_timesteps=cfg["meta"].get("num_timesteps", 1000))
     g = torch.Generator().manual_seed(args.seed)
     x = sample(model, schedule, (args.n, 1, 28, 28), generator=g, progress=not args.no_progress,
-               precision=args.precision)
+               precision=args.precision, channels_last=args.channels_last)
     save_image((x.clamp(-1, 1) + 1) / 2, args.out, nrow=args.nrow, padding=2, pad_value=1.0)
     if args.save_tensor:
         from safetensors.torch import save_file

@@ -44,12 +44,13 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, progr
     and resuming repeats nothing. optimizer defaults to ``make_optimizer(model, lr)``; ema (``make_ema``) is
     updated after each step; callback(step, loss_tensor) runs after each step (1-based step).
     precision: "fp32" (default, the plain loop) or "bf16" (autocast on the model's device: the
-    fast GPU path, and on CPUs with bf16 instructions for BasicUNet; losses within ~1 % of fp32). channels_last converts the model's memory format in place;
+    fast GPU path, and on CPUs with bf16 instructions for BasicUNet; losses within ~1 % of fp32).
+    channels_last converts the model's memory format in place (GPUs; BasicUNet on CPU).
     compile trains a ``torch.compile`` of the model (same parameters). A CUDA run uses the
     fused AdamW kernel and pinned, non-blocking copies of each step's CPU-drawn batch.
-    split_batch (CPU only): each step runs the two halves of the batch on two threads, half the cores
-    each, and adds their gradients: the same gradient to float rounding, and faster where the
-    model's ops are too small to keep two cores busy (unet2d 1.15x; not BasicUNet).
+    split_batch (CPU only): each step runs the two halves of the batch on two threads, half the
+    cores each, and adds their gradients: the same gradient to float rounding, and faster where
+    the model's ops are too small to keep two cores busy (unet2d; not BasicUNet).
     """
     from tqdm import tqdm
 
