@@ -1,4 +1,6 @@
 """Fast paths never change results beyond a stated tolerance."""
+import copy
+
 import pytest
 import torch
 
@@ -77,6 +79,9 @@ def test_cpu_fast_sampler_matches_the_plain_loop():
         out = [dl.sample(model, s, (6, 1, 28, 28), generator=torch.Generator().manual_seed(0), progress=False,
                          fast=fast) for fast in (True, False)]
         assert (out[0] - out[1]).abs().max().item() < 1e-4, name
+    cl = dl.sample(copy.deepcopy(model), s, (6, 1, 28, 28), generator=torch.Generator().manual_seed(0),
+                   progress=False, channels_last=True)  # model: basic-fixed, the loop's last
+    assert (cl - out[1]).abs().max().item() < 1e-4
     assert torch.get_num_threads() >= 1 and not any(
         type(m.processor).__name__ == "ChannelFirstAttnProcessor" for m in model.modules() if hasattr(m, "processor"))
 
