@@ -1,6 +1,7 @@
-"""CPU fast paths for the same maths (chapter 运行时间与性能).
+"""CPU fast paths for the same maths (book page 执行时间与性能).
 
-Two levers, both exact up to float rounding (tested against the plain path):
+Two levers, both exact up to float rounding (tested against the plain path); ``train`` and
+``sample`` also take channels_last and bf16 (see their docstrings):
 
 * ``ChannelFirstAttnProcessor``: the attention of ``UNet2DModel`` with its 8-wide heads,
   computed as three GEMMs laid out so none has an 8-wide output (PyTorch's CPU flash kernel
@@ -13,7 +14,6 @@ import contextlib
 import threading
 
 import torch
-import torch.nn.functional as F
 
 
 class ChannelFirstAttnProcessor:

@@ -85,3 +85,23 @@ def test_sample_command_writes_a_grid(tmp_path):
     from PIL import Image
     img = Image.open(out)
     assert img.size == (2 * 28 + 3 * 2, 2 * 28 + 3 * 2)
+
+
+def test_fast_path_flags_train_and_sample(tmp_path):
+    run = tmp_path / "run"
+    r = cli("train", "--model", "unet2d", "--steps", "2", "--batch-size", "4", "--out", str(run),
+            "--device", "cpu", "--no-progress", "--split-batch")
+    assert r.returncode == 0, r.stderr
+    meta = read_config(str(run))["meta"]
+    assert meta["split_batch"] is True and len(meta["losses"]) == 2
+    r = cli("train", "--model", "basic-fixed", "--steps", "2", "--batch-size", "4", "--out", str(tmp_path / "b"),
+            "--device", "cpu", "--no-progress", "--precision", "bf16", "--channels-last")
+    assert r.returncode == 0, r.stderr
+    assert read_config(str(tmp_path / "b"))["meta"]["precision"] == "bf16"
+    grid = tmp_path / "grid.png"
+    r = cli("sample", "--checkpoint", str(tmp_path / "b"), "-n", "2", "--out", str(grid), "--device", "cpu",
+            "--no-progress", "--precision", "bf16", "--channels-last")
+    assert r.returncode == 0, r.stderr
+    assert grid.exists()
+    r = cli("sample", "--checkpoint", str(tmp_path / "b"), "-n", "2", "--out", str(grid), "--precision", "fp16")
+    assert r.returncode != 0 and "invalid choice: 'fp16'" in r.stderr

@@ -58,8 +58,7 @@ def test_channel_first_attention_equals_diffusers_processor():
     torch.manual_seed(0)
     attn = Attention(64, heads=8, dim_head=8, norm_num_groups=32, residual_connection=True,
                      bias=True, upcast_softmax=True, _from_deprecated_attn_block=True).eval()
-    for proc in (AttnProcessor2_0(),):
-        attn.set_processor(proc)
+    attn.set_processor(AttnProcessor2_0())
     x = torch.randn(3, 64, 14, 14)
     with torch.no_grad():
         want = attn(x)
