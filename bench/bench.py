@@ -3,6 +3,9 @@ from the seed (diffusers-course style). Alternates the two in one process, sever
 reports medians and ratios, writes JSON.
 
     python bench/bench.py [--quick] [--device cpu|cuda] [--json bench/results/cpu.json]
+
+--quick (under a minute on a 2-core CPU) times 1-3 steps with no warm-up: a smoke run whose ratios
+are noisy; book/timings.md shows the full run (5 repeats).
 """
 import argparse
 import copy
@@ -133,8 +136,9 @@ def main(argv=None):
             # 5x5 convolutions, two half-batches on two cores for unet2d's small feature maps; bf16 opt-in
             steps = {"basic": 3, "unet2d": 1}[name] if args.quick else {"basic": 20, "unet2d": 6}[name]
             lever = {"channels_last": True} if name == "basic" else {"split_batch": True}
-            variants = {"": dict(batch_size=128, warmup=1, **lever),
-                        ", bf16 opt-in": dict(batch_size=128, warmup=1, precision="bf16", **lever)}
+            warm = 0 if args.quick else 1  # no compile or autotuning on CPU: --quick skips the warm-up step
+            variants = {"": dict(batch_size=128, warmup=warm, **lever),
+                        ", bf16 opt-in": dict(batch_size=128, warmup=warm, precision="bf16", **lever)}
             cl = {"channels_last": True} if name == "basic" else {}  # sampling splits the batch by default
             sample_kw = {"": cl, ", bf16 opt-in": dict(precision="bf16", **cl)}
         peak_reset(device)
