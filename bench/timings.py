@@ -57,7 +57,7 @@ def bf16_sentence():
              f"分类器读出同一个数字 {b[k]['same_digit']}" for k in ("basic-fixed", "unet2d")]
     return (f"bf16 采样与 fp32 采样（同一生成器，{b['images']} 张、{b['steps']} 步，像素范围 $[-1,1]$）的差别："
             + "；".join(parts) + "（`bench/bf16_sampling.py`；`tests/test_fast_paths.py` 检验平均差 < 0.02、"
-            "每张 < 0.1、8 张中至少 7 张读出同一个数字）。分类器读数不同的那张是模棱两可的样本：它与 fp32 版本的平均像素差"
+            "每张 < 0.1、8 张中至少 7 张读出同一个数字）。分类器读数不同的那张，与 fp32 版本的平均像素差"
             "也不超过上面的“最差一张”。")
 
 
@@ -100,7 +100,7 @@ def write_page(info):
               "把 $q,k,v$ 保持为（头，8，HW）并按缓存大小分块，三次矩阵乘法都避开了这种形状。采样时自动使用；"
               "训练时反向传播反而变慢，所以不用。",
               "- **channels_last**（`channels_last=True`、`--channels-last`）。`BasicUNet` 的 5×5 卷积在 NHWC 布局下更快"
-              "（表中 `basic` 的两行用的就是它）；`UNet2DModel` 反而变慢，所以只对 `BasicUNet` 建议。",
+              "（表中 `basic` 的两行用的就是它）；表中 `unet2d` 的各行不用它。",
               "- **bf16**（可选，`precision=\"bf16\"`、`--precision bf16`，表中 “bf16 opt-in” 各行）。这台 CPU 有 AVX512-BF16 指令，"
               "`BasicUNet` 的卷积和 `UNet2DModel` 的采样都明显变快；`UNet2DModel` 的训练加上 bf16 反而不如只分半批（时间花在注意力和 GroupNorm 上，它们在 bf16 下并不更快）。"
               "本书第 5 章发布的 `basic-fixed` 就是在这台 2 核 CPU 上用 bf16 训练的（不到半小时）。"
