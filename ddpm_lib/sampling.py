@@ -83,7 +83,7 @@ def sample(model, schedule, shape, generator=None, progress=True, return_traject
         eps_fn = _autocast_bf16(eps_fn, device)
     with contextlib.ExitStack() as stack:
         if use_split:
-            stack.enter_context(fastpaths.fast_attention(model))
+            stack.enter_context(fastpaths.fast_inference(model))
             stack.enter_context(fastpaths.threads_per_part())
             eps_fn = _split(eps_fn)
 

@@ -52,23 +52,81 @@ def test_default_optimizer_keeps_foreach_on_cpu():
     assert opt.defaults["fused"] is None and opt.defaults["foreach"] is None
 
 
-def test_channel_first_attention_equals_diffusers_processor():
+def _attention():
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-    from ddpm_lib.fastpaths import ChannelFirstAttnProcessor, fast_attention
     torch.manual_seed(0)
     attn = Attention(64, heads=8, dim_head=8, norm_num_groups=32, residual_connection=True,
                      bias=True, upcast_softmax=True, _from_deprecated_attn_block=True).eval()
     attn.set_processor(AttnProcessor2_0())
-    x = torch.randn(3, 64, 14, 14)
+    return attn
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+@pytest.mark.parametrize("size", [7, 14])
+def test_channel_first_attention_equals_diffusers_processor(scale, size):
+    from ddpm_lib.fastpaths import ChannelFirstAttnProcessor, _qkv1_weights
+    attn = _attention()
+    x = torch.randn(3, 64, size, size)
     with torch.no_grad():
+        attn.to_q.weight.mul_(scale)
+        # scale 300 makes scores of 2^128 and more possible: without the max subtraction, exp2 overflows
+        w, b = _qkv1_weights(attn, x.dtype)
+        qkv = (w @ attn.group_norm(x.reshape(3, 64, -1)) + b).view(3 * 8, 25, -1)
+        biggest = (qkv[:, :8].transpose(1, 2) @ qkv[:, 8:16]).abs().max().item()
+        assert (biggest < 96) if scale == 1 else (biggest > 128), biggest
         want = attn(x)
         got = ChannelFirstAttnProcessor()(attn, x)
-    assert (got - want).abs().max().item() < 1e-5
+    assert torch.isfinite(got).all()
+    assert (got - want).abs().max().item() < 1e-5 * want.abs().max().item()
+
+
+def test_few_out_conv_equals_conv2d():
+    from ddpm_lib.fastpaths import few_out_conv
+    torch.manual_seed(0)
+    for k, out_ch, bias, channels_last in [(5, 1, True, True), (5, 1, True, False), (3, 1, True, False),
+                                           (3, 3, False, False)]:
+        conv = torch.nn.Conv2d(32, out_ch, k, padding=k // 2, bias=bias)
+        x = torch.randn(2, 32, 12, 10)
+        if channels_last:
+            conv, x = conv.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            want, got = conv(x), few_out_conv(conv, x)
+        assert got.shape == want.shape and (got - want).abs().max().item() < 1e-5, (k, out_ch, bias)
+
+
+def test_upsample_conv_equals_diffusers_upsample2d():
+    from diffusers.models.upsampling import Upsample2D
+    from ddpm_lib.fastpaths import upsample_conv
+    torch.manual_seed(0)
+    up = Upsample2D(16, use_conv=True, out_channels=24).eval()
+    with torch.no_grad():
+        for p in up.parameters():
+            p.normal_()
+        for size in [(7, 7), (5, 9)]:
+            x = torch.randn(2, 16, *size)
+            want, got = up(x), upsample_conv(up, x)
+            assert got.shape == want.shape == (2, 24, 2 * size[0], 2 * size[1])
+            assert (got - want).abs().max().item() < 1e-5 * want.abs().max().item()
+        x = torch.randn(2, 16, 7, 7)  # an odd target size goes to diffusers' own forward
+        assert torch.equal(upsample_conv(up, x, output_size=(13, 15)), up(x, output_size=(13, 15)))
+
+
+def test_fast_inference_swaps_layers_and_restores_them():
+    from ddpm_lib.fastpaths import ChannelFirstAttnProcessor, fast_inference
     model = dl.make_unet2d()
-    before = [type(m.processor) for m in model.modules() if hasattr(m, "set_processor")]
-    with fast_attention(model):
-        assert {type(m.processor) for m in model.modules() if hasattr(m, "set_processor")} == {ChannelFirstAttnProcessor}
-    assert [type(m.processor) for m in model.modules() if hasattr(m, "set_processor")] == before
+    procs = [type(m.processor) for m in model.modules() if hasattr(m, "set_processor")]
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([3, 900])
+    with torch.no_grad():
+        want = model(x, t).sample
+        with fast_inference(model):
+            assert {type(m.processor) for m in model.modules() if hasattr(m, "set_processor")} == \
+                {ChannelFirstAttnProcessor}
+            patched = {type(m).__name__ for m in model.modules() if "forward" in m.__dict__}
+            assert patched == {"Conv2d", "Upsample2D"}  # conv_out (1 channel) and both upsamplers
+            got = model(x, t).sample
+    assert [type(m.processor) for m in model.modules() if hasattr(m, "set_processor")] == procs
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    assert (got - want).abs().max().item() < 1e-4
 
 
 def test_cpu_fast_sampler_matches_the_plain_loop():
