@@ -49,7 +49,7 @@ class ChannelFirstAttnProcessor:
         qkv = torch.bmm(w.expand(B, heads * R, C), h).add_(b).view(B * heads, R, N)
         q, k, v1 = qkv[:, :d], qkv[:, d:2 * d], qkv[:, 2 * d:]  # v1: v and the ones row
         shift = bool(q.square().sum(1).amax() * k.square().sum(1).amax() >= 96.0 ** 2)
-        n = max(1, (1 << 20) // (4 * N * N))  # slices per chunk: ~1 MB of scores stays in cache
+        n = max(1, (1 << 21) // (4 * N * N))  # slices per chunk: ~1 MB of scores stays in cache
         scores = torch.empty(min(n, B * heads), N, N, dtype=h.dtype)
         out1 = torch.empty(B * heads, d + 1, N, dtype=h.dtype)
         for i in range(0, B * heads, n):
@@ -141,6 +141,61 @@ def _upsample_conv_ok(m):
             and c.dilation == (1, 1) and c.groups == 1 and c.padding_mode == "zeros")
 
 
+def resnet_block(block, x, temb, *args, **kwargs):
+    """diffusers ``ResnetBlock2D.forward`` at inference with its activations and additions done
+    in place (same operations, same order: bitwise the same result, five fewer fresh tensors)."""
+    if block.training or torch.is_autocast_enabled("cpu"):  # dropout / mixed dtypes: the original
+        return type(block).forward(block, x, temb, *args, **kwargs)
+    h = block.conv1(F.silu(block.norm1(x), inplace=True))
+    if block.time_emb_proj is not None and temb is not None:
+        h += block.time_emb_proj(temb if block.skip_time_act else F.silu(temb))[:, :, None, None]
+    h = block.conv2(F.silu(block.norm2(h), inplace=True))
+    h += x if block.conv_shortcut is None else block.conv_shortcut(x)
+    return h if block.output_scale_factor == 1 else h.div_(block.output_scale_factor)
+
+
+def _resnet_ok(m):
+    return (type(m).__name__ == "ResnetBlock2D" and m.upsample is None and m.downsample is None
+            and m.time_embedding_norm == "default" and type(m.nonlinearity) is torch.nn.SiLU)
+
+
+def basic_unet(model, x, t=None):
+    """``BasicUNet`` / ``BasicUNetFixed`` forward at inference, the same layers in the same order,
+    with activations in place and each "upsample, then add the skip" done as one in-place add
+    into the skip tensor (nearest x2 is a broadcast). Bitwise the model's own result."""
+    from .models import BasicUNetFixed
+    if model.training or torch.is_grad_enabled():
+        return type(model).forward(model, x) if t is None else type(model).forward(model, x, t)
+    fixed = isinstance(model, BasicUNetFixed)
+    if fixed:
+        t_plane = (t.to(x.dtype) / model.num_timesteps).reshape(-1, 1, 1, 1).expand(-1, 1, *x.shape[2:])
+        x = torch.cat([x, t_plane], dim=1)
+    h = []
+    for i, layer in enumerate(model.down_layers):
+        x = F.silu(layer(x), inplace=True)
+        if i < 2:
+            h.append(x)
+            x = model.downscale(x)
+    last = len(model.up_layers) - 1
+    for i, layer in enumerate(model.up_layers):
+        if i > 0:
+            skip = h.pop()
+            B, C, H, W = skip.shape
+            skip.view(B, C, H // 2, 2, W // 2, 2).add_(x[:, :, :, None, :, None])  # skip + upscale(x)
+            x = skip
+        x = layer(x)
+        if i < last or not fixed:
+            x = F.silu(x, inplace=True)
+    return x
+
+
+def _basic_ok(m):
+    from .models import BasicUNet
+    return (isinstance(m, BasicUNet) and type(m.act) is torch.nn.SiLU and type(m.downscale) is torch.nn.MaxPool2d
+            and type(m.upscale) is torch.nn.Upsample and m.upscale.scale_factor in (2, 2.0)
+            and m.upscale.mode == "nearest")
+
+
 def _few_out_ok(m):
     if type(m) is not torch.nn.Conv2d:
         return False
@@ -159,6 +214,8 @@ def fast_inference(model):
     attns = [m for m in modules if hasattr(m, "set_processor") and hasattr(m, "processor")]
     convs = [m for m in modules if _few_out_ok(m) and "forward" not in m.__dict__]
     ups = [m for m in modules if _upsample_conv_ok(m) and "forward" not in m.__dict__]
+    resnets = [m for m in modules if _resnet_ok(m) and "forward" not in m.__dict__]
+    basics = [m for m in modules if _basic_ok(m) and "forward" not in m.__dict__]
     saved = [m.processor for m in attns]
     for m in attns:
         m.processor = ChannelFirstAttnProcessor()
@@ -166,12 +223,16 @@ def fast_inference(model):
         m.forward = functools.partial(few_out_conv, m)
     for m in ups:
         m.forward = functools.partial(upsample_conv, m)
+    for m in resnets:
+        m.forward = functools.partial(resnet_block, m)
+    for m in basics:
+        m.forward = functools.partial(basic_unet, m)
     try:
         yield model
     finally:
         for m, proc in zip(attns, saved):
             m.processor = proc
-        for m in convs + ups:
+        for m in convs + ups + resnets + basics:
             del m.forward
 
 

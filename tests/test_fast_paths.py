@@ -111,6 +111,36 @@ def test_upsample_conv_equals_diffusers_upsample2d():
         assert torch.equal(upsample_conv(up, x, output_size=(13, 15)), up(x, output_size=(13, 15)))
 
 
+def test_in_place_resnet_block_is_bitwise_the_diffusers_block():
+    from diffusers.models.resnet import ResnetBlock2D
+    from ddpm_lib.fastpaths import resnet_block
+    torch.manual_seed(0)
+    for cin, cout in [(32, 32), (32, 64)]:  # without and with the 1x1 shortcut
+        block = ResnetBlock2D(in_channels=cin, out_channels=cout, temb_channels=16).eval()
+        x, temb = torch.randn(2, cin, 14, 14), torch.randn(2, 16)
+        with torch.inference_mode():
+            assert torch.equal(resnet_block(block, x, temb), block(x, temb))
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed dtypes: the block's own forward
+                assert torch.equal(resnet_block(block, x, temb), block(x, temb))
+
+
+def test_basic_unet_fast_forward_equals_the_seed_forward():
+    from ddpm_lib.fastpaths import basic_unet, fast_inference
+    torch.manual_seed(0)
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([0, 500, 999])
+    for model in (dl.BasicUNet().eval(), dl.BasicUNetFixed().eval()):
+        args = (x,) if type(model) is dl.BasicUNet else (x, t)
+        for channels_last in (False, True):
+            if channels_last:
+                model.to(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                want = model(*args)
+                assert torch.equal(basic_unet(model, *args), want)  # in-place ops, same order: bitwise
+                with fast_inference(model):  # plus the 1-channel output conv: float rounding
+                    assert (model(*args) - want).abs().max().item() < 1e-5
+        assert not any("forward" in m.__dict__ for m in model.modules())
+
+
 def test_fast_inference_swaps_layers_and_restores_them():
     from ddpm_lib.fastpaths import ChannelFirstAttnProcessor, fast_inference
     model = dl.make_unet2d()
@@ -122,7 +152,7 @@ def test_fast_inference_swaps_layers_and_restores_them():
             assert {type(m.processor) for m in model.modules() if hasattr(m, "set_processor")} == \
                 {ChannelFirstAttnProcessor}
             patched = {type(m).__name__ for m in model.modules() if "forward" in m.__dict__}
-            assert patched == {"Conv2d", "Upsample2D"}  # conv_out (1 channel) and both upsamplers
+            assert patched == {"Conv2d", "Upsample2D", "ResnetBlock2D"}  # conv_out (1 channel), upsamplers, resnets
             got = model(x, t).sample
     assert [type(m.processor) for m in model.modules() if hasattr(m, "set_processor")] == procs
     assert not any("forward" in m.__dict__ for m in model.modules())
