@@ -1,14 +1,16 @@
 """CPU fast paths for the same maths (book page 执行时间与性能).
 
-Two levers, both exact up to float rounding (tested against the plain path); ``train`` and
-``sample`` also take channels_last and bf16 (see their docstrings):
+Each is exact up to float rounding or bitwise (tested against the plain layer); ``sample`` uses
+them on CPU, ``train`` can split the batch; both also take channels_last and bf16 (docstrings):
 
-* ``ChannelFirstAttnProcessor``: the attention of ``UNet2DModel`` with its 8-wide heads,
-  computed as three GEMMs laid out so none has an 8-wide output (PyTorch's CPU flash kernel
-  and the usual ``P @ V`` are slow at that shape).
 * ``split_batch``: run a batch as two halves on two threads, each with half the cores. Small
   tensors (7x7 and 14x14 feature maps) keep one core busy but not two; two independent
   halves do. (Measured on a 2-core machine; see the book's timings page.)
+* ``fast_inference(model)``: swaps in, for the duration of a ``with`` block,
+  ``ChannelFirstAttnProcessor`` (attention with 8-wide heads: one q/k/v GEMM, exp2 softmax,
+  denominators from the P V GEMM), ``few_out_conv`` (1-3 output channels: GEMM + shifted adds),
+  ``upsample_conv`` (nearest x2 + 3x3 conv as four 2x2 phase convolutions), ``resnet_block`` and
+  ``basic_unet`` (the models' own forwards with in-place activations and additions).
 """
 import contextlib
 import functools
@@ -50,8 +52,8 @@ class ChannelFirstAttnProcessor:
         q, k, v1 = qkv[:, :d], qkv[:, d:2 * d], qkv[:, 2 * d:]  # v1: v and the ones row
         shift = bool(q.square().sum(1).amax() * k.square().sum(1).amax() >= 96.0 ** 2)
         n = max(1, (1 << 21) // (4 * N * N))  # slices per chunk: ~1 MB of scores stays in cache
-        scores = torch.empty(min(n, B * heads), N, N, dtype=h.dtype)
-        out1 = torch.empty(B * heads, d + 1, N, dtype=h.dtype)
+        scores = qkv.new_empty(min(n, B * heads), N, N)
+        out1 = qkv.new_empty(B * heads, d + 1, N)
         for i in range(0, B * heads, n):
             j = min(i + n, B * heads)
             p = torch.bmm(q[i:j].transpose(1, 2), k[i:j], out=scores[:j - i])  # (query, key)
@@ -93,17 +95,15 @@ def few_out_conv(conv, x):
     k, O = conv.kernel_size[0], conv.out_channels
     p = k // 2
     taps = conv.weight.permute(2, 3, 0, 1).reshape(k * k * O, C)  # rows (ky, kx, o)
-    if x.is_contiguous():
-        m = torch.bmm(taps.expand(B, -1, -1), x.view(B, C, H * W)).view(B, k * k * O, H, W)
-    else:  # channels_last: (B*H*W, C) @ (C, taps)
-        m = torch.matmul(x.permute(0, 2, 3, 1).reshape(B, H * W, C), taps.t())
-        m = m.view(B, H, W, k * k * O).permute(0, 3, 1, 2)
-    m = F.pad(m, (p, p, p, p)).view(B, k * k, O, H + 2 * p, W + 2 * p)
-    out = torch.zeros(B, O, H, W, dtype=m.dtype) if conv.bias is None else \
+    x = x.contiguous()  # a channels_last input: one copy is cheaper than the GEMM in NHWC
+    m = torch.bmm(taps.expand(B, -1, -1), x.view(B, C, H * W)).view(B, k * k, O, H, W)
+    out = m.new_zeros(B, O, H, W) if conv.bias is None else \
         conv.bias.to(m.dtype).view(1, O, 1, 1).repeat(B, 1, H, W)
-    for i in range(k):
+    for i in range(k):  # out[y, x] += m_tap[y + i - p, x + j - p] where that lies inside the map
         for j in range(k):
-            out += m[:, i * k + j, :, i:i + H, j:j + W]
+            dy, dx = i - p, j - p
+            out[:, :, max(0, -dy):H - max(0, dy), max(0, -dx):W - max(0, dx)] += \
+                m[:, i * k + j, :, max(0, dy):H - max(0, -dy), max(0, dx):W - max(0, -dx)]
     return out
 
 
@@ -121,11 +121,11 @@ def upsample_conv(up, x, output_size=None, *args, **kwargs):
         return type(up).forward(up, x, output_size, *args, **kwargs)
     conv = up.conv
     O = conv.out_channels
-    r = _PHASE_TAPS.to(conv.weight.dtype)
+    r = _PHASE_TAPS.to(conv.weight)
     k = torch.einsum("aiy,bjx,ocyx->abocij", r, r, conv.weight).reshape(4 * O, C, 2, 2)
     bias = None if conv.bias is None else conv.bias.repeat(4)
     z = F.conv2d(x, k, bias, padding=1).view(B, 2, 2, O, H + 1, W + 1)
-    out = torch.empty(B, O, H, 2, W, 2, dtype=z.dtype)
+    out = z.new_empty(B, O, H, 2, W, 2)
     for a in range(2):
         for b in range(2):
             out[:, :, :, a, :, b] = z[:, a, b, :, a:a + H, b:b + W]
