@@ -61,6 +61,18 @@ def bf16_sentence():
             "也不超过上面的“最差一张”。")
 
 
+def layers_table():
+    path = os.path.join(ROOT, "bench", "results", "layers_cpu.json")
+    if not os.path.isfile(path):
+        return []
+    b = json.load(open(path, encoding="utf-8"))
+    lines = [f"测量设备：{b['device']}，PyTorch {b['torch']}，每批 {b['batch']} 张。", "",
+             "| 层 | 原写法（毫秒） | 快速路径（毫秒） | 倍数 | 输出最大差 |", "|---|---:|---:|---:|---:|"]
+    for r in b["rows"]:
+        lines.append(f"| {r['what']} | {r['plain_ms']} | {r['fast_ms']} | {r['ratio']}× | {r['max_abs_diff']:.1g} |")
+    return lines + [""]
+
+
 def write_page(info):
     rows = info["rows"]
     total = sum(r["seconds"] for r in rows)
@@ -95,10 +107,17 @@ def write_page(info):
               "`UNet2DModel` 在 14×14、7×7 上的算子太小，一个算子用不满两个核；两半批次互相独立，各占一个核就都忙起来了。"
               "采样默认打开（`sample(fast=True)`）；训练可选（`train(split_batch=True)`、`--split-batch`），"
               "两半的梯度相加，与整批的梯度只差浮点舍入。表中 `train unet2d` 一行用的就是它。",
-              "- **通道在前的注意力**（`fastpaths.ChannelFirstAttnProcessor`）。`UNet2DModel` 的注意力头只有 8 维，"
-              "PyTorch 的 CPU flash 内核和常见的 $PV$ 写法都要算只有 8 列输出的矩阵乘法，很慢；"
-              "把 $q,k,v$ 保持为（头，8，HW）并按缓存大小分块，三次矩阵乘法都避开了这种形状。采样时自动使用；"
-              "训练时反向传播反而变慢，所以不用。",
+              "- **更省的层**（`fastpaths.fast_inference`，CPU 上采样时自动使用；训练不用）。在 `with` 块内把模型的几个层换成同一数学的更省写法，"
+              "块结束后换回：注意力（`ChannelFirstAttnProcessor`：$q,k,v$ 由一次矩阵乘法算出，每个头多一行“全 1”（权重 0、偏置 1），"
+              "softmax 的分母就在 $PV$ 那次矩阵乘法里顺带算出；softmax 写成 $2^{z\\log_2 e}/\\sum$，$\\log_2 e/\\sqrt{d}$ 并入 $q$ 的权重，"
+              "因为这台 CPU 上 PyTorch 的 `exp2` 比 `exp` 快得多（表中第一行）；只有当 $|q\\cdot k|\\le\\|q\\|\\|k\\|$ 这个上界允许分数达到 96（以 2 为底）时才减去行最大值）；"
+              "只有 1 个输出通道的卷积（两个模型的最后一层：一次矩阵乘法得到每个抽头的图，再错位相加）；"
+              "`Upsample2D`（最近邻放大 2 倍再做 3×3 卷积：输出像素 $(2i+a,2j+b)$ 只看到小图的 2×2 邻域，四个相位各是一个权重相加后的 2×2 卷积，"
+              "不生成放大后的张量，乘加约为原来的 4/9）；`ResnetBlock2D` 和 `BasicUNet` 的前向（同样的层、同样的顺序，激活和加法原地完成，"
+              "结果逐位相同，少分配几个新张量）。"
+              "下表是 `bench/layers.py` 在一个线程、32 张图（一个采样线程的份额）、发布权重上逐层对照的结果：", ""]
+    lines += layers_table()
+    lines += [
               "- **channels_last**（`channels_last=True`、`--channels-last`）。`BasicUNet` 的 5×5 卷积在 NHWC 布局下更快"
               "（表中 `basic` 的两行用的就是它）；表中 `unet2d` 的各行不用它。",
               "- **bf16**（可选，`precision=\"bf16\"`、`--precision bf16`，表中 “bf16 opt-in” 各行）。这台 CPU 有 AVX512-BF16 指令，"
