@@ -32,9 +32,10 @@ def sample(model, schedule, shape, generator=None, progress=True, return_traject
     shape: (B, C, H, W); generator: a torch.Generator (its device draws the noise).
     fast: on CUDA, replay the model's forward pass as one CUDA graph per step (the loop is
     launch-bound there; the noise is drawn up front in the same order); on a CPU with two or
-    more threads, run the two halves of the batch on two threads, half the cores each; on any
-    CPU, run the model under ``fastpaths.fast_inference`` (cheaper attention, output conv,
-    upsampling and in-place blocks). Either way the result equals the plain loop's to float
+    more threads, run the two halves of the batch on two threads, half the cores each; and for
+    batches of 4 or more, run the model under ``fastpaths.fast_inference`` (cheaper attention,
+    output conv, upsampling and in-place blocks; below 4 images their extra small operations
+    cost about what they save). Either way the result equals the plain loop's to float
     rounding (tested).
     precision: "fp32" (default) or "bf16" (the model runs under bf16 autocast, opt-in: faster on
     CPUs with bf16 instructions; samples differ from fp32 by the tolerance the book states).
@@ -78,8 +79,9 @@ def sample(model, schedule, shape, generator=None, progress=True, return_traject
 
     T, B = schedule.num_timesteps, shape[0]
     use_graph = fast and device.type == "cuda" and isinstance(model, torch.nn.Module)
-    use_layers = fast and device.type == "cpu" and isinstance(model, torch.nn.Module)
-    use_split = use_layers and B >= 2 and torch.get_num_threads() >= 2
+    use_split = (fast and device.type == "cpu" and isinstance(model, torch.nn.Module) and B >= 2
+                 and torch.get_num_threads() >= 2)
+    use_layers = fast and device.type == "cpu" and isinstance(model, torch.nn.Module) and B >= 4
     if precision == "bf16":
         eps_fn = _autocast_bf16(eps_fn, device)
     with contextlib.ExitStack() as stack:
