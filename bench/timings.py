@@ -107,7 +107,7 @@ def write_page(info):
               "`UNet2DModel` 在 14×14、7×7 上的算子太小，一个算子用不满两个核；两半批次互相独立，各占一个核就都忙起来了。"
               "采样默认打开（`sample(fast=True)`）；训练可选（`train(split_batch=True)`、`--split-batch`），"
               "两半的梯度相加，与整批的梯度只差浮点舍入。表中 `train unet2d` 一行用的就是它。",
-              "- **更省的层**（`fastpaths.fast_inference`，CPU 上采样时自动使用；训练不用）。在 `with` 块内把模型的几个层换成同一数学的更省写法，"
+              "- **更省的层**（`fastpaths.fast_inference`，CPU 上每批 4 张及以上的采样自动使用；更小的批次里，它多出的小运算与省下的差不多；训练不用）。在 `with` 块内把模型的几个层换成同一数学的更省写法，"
               "块结束后换回：注意力（`ChannelFirstAttnProcessor`：$q,k,v$ 由一次矩阵乘法算出，每个头多一行“全 1”（权重 0、偏置 1），"
               "softmax 的分母就在 $PV$ 那次矩阵乘法里顺带算出；softmax 写成 $2^{z\\log_2 e}/\\sum$，$\\log_2 e/\\sqrt{d}$ 并入 $q$ 的权重，"
               "因为这台 CPU 上 PyTorch 的 `exp2` 比 `exp` 快得多（表中第一行）；只有当 $|q\\cdot k|\\le\\|q\\|\\|k\\|$ 这个上界允许分数达到 96（以 2 为底）时才减去行最大值）；"
@@ -119,7 +119,7 @@ def write_page(info):
     lines += layers_table()
     lines += [
               "- **channels_last**（`channels_last=True`、`--channels-last`）。`BasicUNet` 的 5×5 卷积在 NHWC 布局下更快"
-              "（表中 `basic` 的两行用的就是它）；表中 `unet2d` 的各行不用它。",
+              "（表中 `basic`、`basic-fixed` 的各行都用它）；表中 `unet2d` 的各行不用它。",
               "- **bf16**（可选，`precision=\"bf16\"`、`--precision bf16`，表中 “bf16 opt-in” 各行）。这台 CPU 有 AVX512-BF16 指令，"
               "`BasicUNet` 的卷积和 `UNet2DModel` 的采样都明显变快；`UNet2DModel` 的训练加上 bf16 反而不如只分半批（时间花在注意力和 GroupNorm 上，它们在 bf16 下并不更快）。"
               "本书第 5 章发布的 `basic-fixed` 就是在这台 2 核 CPU 上用 bf16 训练的（不到半小时）。"
