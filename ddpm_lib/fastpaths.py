@@ -29,7 +29,7 @@ class ChannelFirstAttnProcessor:
     q, k, v come from one GEMM whose rows are ordered per head, plus a row of ones per head
     (weight 0, bias 1) so the softmax denominators come out of the ``P V`` GEMM for free;
     softmax(z) = 2^(z log2 e) / sum, with 1/sqrt(d) and log2 e folded into q's weights (PyTorch's
-    exp2 is several times faster than its exp on CPU); scores are made in ~1 MB chunks in one
+    exp2 is several times faster than its exp on CPU); scores are made in ~2 MB chunks in one
     reused buffer. The row maximum is subtracted only when the bound |q.k| <= |q| |k| allows a
     score of 96 or more (in log2 units); below that, 2^score neither overflows nor underflows.
     """
@@ -51,7 +51,7 @@ class ChannelFirstAttnProcessor:
         qkv = torch.bmm(w.expand(B, heads * R, C), h).add_(b).view(B * heads, R, N)
         q, k, v1 = qkv[:, :d], qkv[:, d:2 * d], qkv[:, 2 * d:]  # v1: v and the ones row
         shift = bool(q.square().sum(1).amax() * k.square().sum(1).amax() >= 96.0 ** 2)
-        n = max(1, (1 << 21) // (4 * N * N))  # slices per chunk: ~1 MB of scores stays in cache
+        n = max(1, (1 << 21) // (4 * N * N))  # slices per chunk: ~2 MB of scores stays in cache
         scores = qkv.new_empty(min(n, B * heads), N, N)
         out1 = qkv.new_empty(B * heads, d + 1, N)
         for i in range(0, B * heads, n):
@@ -190,8 +190,8 @@ def basic_unet(model, x, t=None):
 
 
 def _basic_ok(m):
-    from .models import BasicUNet
-    return (isinstance(m, BasicUNet) and type(m.act) is torch.nn.SiLU and type(m.downscale) is torch.nn.MaxPool2d
+    from .models import BasicUNet, BasicUNetFixed
+    return (type(m) in (BasicUNet, BasicUNetFixed) and type(m.act) is torch.nn.SiLU and type(m.downscale) is torch.nn.MaxPool2d
             and type(m.upscale) is torch.nn.Upsample and m.upscale.scale_factor in (2, 2.0)
             and m.upscale.mode == "nearest")
 
@@ -207,9 +207,10 @@ def _few_out_ok(m):
 
 @contextlib.contextmanager
 def fast_inference(model):
-    """Within the block, every diffusers ``Attention`` in the model runs
-    ``ChannelFirstAttnProcessor`` and every eligible few-output-channel ``nn.Conv2d`` runs
-    ``few_out_conv``; the model's own processors and forwards come back afterwards."""
+    """Within the block, the model's diffusers ``Attention`` layers run ``ChannelFirstAttnProcessor``
+    and its eligible layers run ``few_out_conv`` (Conv2d, 1-3 outputs), ``upsample_conv``
+    (Upsample2D), ``resnet_block`` (ResnetBlock2D) and ``basic_unet`` (BasicUNet, BasicUNetFixed);
+    the model's own processors and forwards come back afterwards."""
     modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
     attns = [m for m in modules if hasattr(m, "set_processor") and hasattr(m, "processor")]
     convs = [m for m in modules if _few_out_ok(m) and "forward" not in m.__dict__]

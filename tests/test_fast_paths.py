@@ -227,3 +227,15 @@ def test_bf16_sampling_stays_within_the_stated_tolerance():
     with torch.no_grad():
         same = (cls(out[0]).argmax(-1) == cls(out[1]).argmax(-1)).sum().item()
     assert same >= 7
+
+
+def test_fast_inference_leaves_a_subclass_with_its_own_forward_alone():
+    from ddpm_lib.fastpaths import fast_inference
+
+    class Zero(dl.BasicUNetFixed):
+        def forward(self, x, t):
+            return super().forward(x, t) * 0
+
+    model = Zero().eval()
+    with torch.inference_mode(), fast_inference(model):
+        assert not model(torch.randn(4, 1, 28, 28), torch.tensor([1, 2, 3, 4])).any()
