@@ -67,10 +67,10 @@ def main():
     xr = torch.randn(B, 128, 14, 14)
     xb = torch.randn(B, 32, 28, 28).contiguous(memory_format=torch.channels_last)
     x, t = torch.randn(B, 1, 28, 28), torch.full((B,), 500)
-    z = torch.randn(6, 196, 196)  # one ~1 MB chunk of 14x14 attention scores
+    z = torch.randn(6, 196, 196)  # ~1 MB of 14x14 attention scores, as they sit in cache
     z2 = z * math.log2(math.e)  # the processor folds log2(e) into q's weights
     rows = [
-        compare("softmax's exponential on one 6x196x196 chunk: torch.exp(z) -> torch.exp2(z log2 e)",
+        compare("softmax's exponential on 6x196x196 scores (~1 MB): torch.exp(z) -> torch.exp2(z log2 e)",
                 lambda: torch.exp(z), lambda: torch.exp2(z2), calls=20),
         compare("UNet2DModel attention, 14x14 (AttnProcessor2_0 -> ChannelFirstAttnProcessor)",
                 lambda: AttnProcessor2_0()(attn, x14), lambda: fastpaths.ChannelFirstAttnProcessor()(attn, x14)),

@@ -57,8 +57,7 @@ def bf16_sentence():
              f"分类器读出同一个数字 {b[k]['same_digit']}" for k in ("basic-fixed", "unet2d")]
     return (f"bf16 采样与 fp32 采样（同一生成器，{b['images']} 张、{b['steps']} 步，像素范围 $[-1,1]$）的差别："
             + "；".join(parts) + "（`bench/bf16_sampling.py`；`tests/test_fast_paths.py` 检验平均差 < 0.02、"
-            "每张 < 0.1、8 张中至少 7 张读出同一个数字）。分类器读数不同的那张，与 fp32 版本的平均像素差"
-            "也不超过上面的“最差一张”。")
+            "每张 < 0.1、8 张中至少 7 张读出同一个数字）。")
 
 
 def layers_table():
