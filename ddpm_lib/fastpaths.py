@@ -32,6 +32,7 @@ class ChannelFirstAttnProcessor:
     exp2 is several times faster than its exp on CPU); scores are made in ~2 MB chunks in one
     reused buffer. The row maximum is subtracted only when the bound |q.k| <= |q| |k| allows a
     score of 96 or more (in log2 units); below that, 2^score neither overflows nor underflows.
+    A channels_last input is read as (B, HW, C) rows without a copy and the output is channels_last.
     """
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
@@ -39,13 +40,19 @@ class ChannelFirstAttnProcessor:
                 or attn.spatial_norm is not None or attn.norm_q is not None or attn.norm_k is not None):
             from diffusers.models.attention_processor import AttnProcessor2_0
             return AttnProcessor2_0()(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
-        residual = hidden_states
         B, C, H, W = hidden_states.shape
         N, heads = H * W, attn.heads
         d = C // heads
-        h = hidden_states.reshape(B, C, N)
-        if attn.group_norm is not None:
-            h = attn.group_norm(h)
+        rows = None
+        if _channels_last(hidden_states):  # (B, HW, C) rows, a view; the output keeps this layout
+            rows = hidden_states.permute(0, 2, 3, 1).reshape(B, N, C)
+            g = attn.group_norm
+            h = rows if g is None else group_norm_rows(rows, g.num_groups, g.weight, g.bias, g.eps)
+            h = h.transpose(1, 2)  # (B, C, HW) with strides the GEMM reads as they are
+        else:
+            h = hidden_states.reshape(B, C, N)
+            if attn.group_norm is not None:
+                h = attn.group_norm(h)
         w, b = _qkv1_weights(attn, h.dtype)
         R = 3 * d + 1
         qkv = torch.bmm(w.expand(B, heads * R, C), h).add_(b).view(B * heads, R, N)
@@ -61,12 +68,22 @@ class ChannelFirstAttnProcessor:
                 p.sub_(p.amax(-1, keepdim=True))
             torch.bmm(v1[i:j], p.exp2_().transpose(1, 2), out=out1[i:j])  # sum over keys
         out = (out1[:, :d] / out1[:, d:]).view(B, C, N)  # the softmax denominators
-        out = torch.bmm(attn.to_out[0].weight.expand(B, C, C), out)
-        if attn.to_out[0].bias is not None:
-            out.add_(attn.to_out[0].bias[:, None])
-        out = attn.to_out[1](out).view(B, C, H, W)
-        if attn.residual_connection:
-            out.add_(residual)
+        proj = attn.to_out[0]
+        if rows is not None:
+            out = torch.bmm(out.transpose(1, 2), proj.weight.t().expand(B, C, C))  # (B, HW, C)
+            if proj.bias is not None:
+                out.add_(proj.bias)
+            out = attn.to_out[1](out)
+            if attn.residual_connection:
+                out.add_(rows)
+            out = out.view(B, H, W, C).permute(0, 3, 1, 2)
+        else:
+            out = torch.bmm(proj.weight.expand(B, C, C), out)
+            if proj.bias is not None:
+                out.add_(proj.bias[:, None])
+            out = attn.to_out[1](out).view(B, C, H, W)
+            if attn.residual_connection:
+                out.add_(hidden_states)
         return out if attn.rescale_output_factor == 1 else out / attn.rescale_output_factor
 
 
@@ -84,6 +101,53 @@ def _qkv1_weights(attn, dtype):
     w = torch.cat([wq, wk, wv, wq.new_zeros(heads, 1, C)], 1).reshape(-1, C)
     b = torch.cat([bq, bk, bv, bq.new_ones(heads, 1)], 1).reshape(-1, 1)
     return w, b
+
+
+def _channels_last(x):
+    return x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def group_norm_rows(y, groups, weight, bias, eps, out=None):
+    """``GroupNorm`` of channels-last rows y (B, N, C): per image and group of C/groups channels,
+    (y - mean) / sqrt(var + eps) * weight + bias. The moments come from per-channel sums of y and
+    y^2 (as PyTorch's own channels-last GroupNorm kernel does), the affine map is one addcmul.
+    PyTorch's kernel for this layout is several times slower than for NCHW on CPU."""
+    B, N, C = y.shape
+    n = N * (C // groups)
+    s1 = y.sum(1).view(B, groups, -1).sum(-1, keepdim=True)
+    s2 = y.new_empty(B, C)
+    m = max(1, (1 << 18) // (N * C))  # images per chunk: y*y in a ~1 MB buffer, not a fresh full-size one
+    buf = y.new_empty(min(m, B), N, C)
+    for i in range(0, B, m):
+        j = min(i + m, B)
+        torch.sum(torch.mul(y[i:j], y[i:j], out=buf[:j - i]), 1, out=s2[i:j])
+    s2 = s2.view(B, groups, -1).sum(-1, keepdim=True)
+    mean = s1 / n
+    var = (s2 / n - mean * mean).clamp_(min=0)
+    scale = torch.rsqrt(var + eps) * weight.view(1, groups, -1)
+    shift = bias.view(1, groups, -1) - mean * scale
+    return torch.addcmul(shift.view(B, 1, C), y, scale.view(B, 1, C), out=out)
+
+
+def group_norm(norm, x, inplace=False):
+    """``nn.GroupNorm`` forward; a channels_last (B, C, H, W) input (at inference, no autocast)
+    goes through ``group_norm_rows`` and stays channels_last, optionally written over x."""
+    if not _channels_last(x) or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
+        return type(norm).forward(norm, x)
+    B, C, H, W = x.shape
+    y = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+    y = group_norm_rows(y, norm.num_groups, norm.weight, norm.bias, norm.eps, out=y if inplace else None)
+    return y.view(B, H, W, C).permute(0, 3, 1, 2)
+
+
+def conv_channels_last(conv, weight_cl, x):
+    """``conv(x)`` with the weight in channels_last order, so oneDNN reads and writes NHWC and the
+    output stays channels_last: no reorder of the activations to and from oneDNN's blocked layout
+    around every convolution (about a tenth of a UNet2DModel forward on CPU)."""
+    if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
+        return type(conv).forward(conv, x)
+    out = F.conv2d(x, weight_cl, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return out.contiguous(memory_format=torch.channels_last)  # a 1-channel input gives NCHW
 
 
 def few_out_conv(conv, x):
@@ -109,18 +173,26 @@ def few_out_conv(conv, x):
 
 # nearest x2 then a 3-tap 'same' filter, seen from one output phase a: two taps on the small map
 _PHASE_TAPS = torch.tensor([[[1., 0, 0], [0, 1, 1]], [[1., 1, 0], [0, 0, 1]]])  # (a, tap, kernel row)
+# the same as one stride-2 transposed convolution with 4 taps (output row 2i - 1 + m gets tap m of x[i])
+_TRANSPOSED_TAPS = torch.tensor([[0., 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]])  # (m, kernel row)
 
 
 def upsample_conv(up, x, output_size=None, *args, **kwargs):
     """diffusers ``Upsample2D`` (nearest x2, then a 3x3 'same' convolution) computed on the small
     map: output pixel (2i+a, 2j+b) sees only rows i-1+a, i+a and columns j-1+b, j+b of x, so each
     of the four phases (a, b) is a 2x2 convolution with summed weights. One convolution with
-    4x the output channels, no upsampled tensor, about 4/9 of the multiply-adds."""
+    4x the output channels, no upsampled tensor, about 4/9 of the multiply-adds. A channels_last
+    input runs the four phases as one stride-2 transposed convolution with a 4x4 kernel (oneDNN
+    writes the interleaved NHWC output itself)."""
     B, C, H, W = x.shape
     if output_size is not None and tuple(output_size) != (2 * H, 2 * W):
         return type(up).forward(up, x, output_size, *args, **kwargs)
     conv = up.conv
     O = conv.out_channels
+    if _channels_last(x):
+        r = _TRANSPOSED_TAPS.to(conv.weight)
+        k = torch.einsum("my,nx,ocyx->comn", r, r, conv.weight).contiguous(memory_format=torch.channels_last)
+        return F.conv_transpose2d(x, k, conv.bias, stride=2, padding=1)
     r = _PHASE_TAPS.to(conv.weight)
     k = torch.einsum("aiy,bjx,ocyx->abocij", r, r, conv.weight).reshape(4 * O, C, 2, 2)
     bias = None if conv.bias is None else conv.bias.repeat(4)
@@ -143,13 +215,18 @@ def _upsample_conv_ok(m):
 
 def resnet_block(block, x, temb, *args, **kwargs):
     """diffusers ``ResnetBlock2D.forward`` at inference with its activations and additions done
-    in place (same operations, same order: bitwise the same result, five fewer fresh tensors)."""
+    in place (same operations, same order: bitwise the same result, five fewer fresh tensors;
+    under ``fast_inference`` norm2 also normalises its channels_last input in place)."""
     if block.training or torch.is_autocast_enabled("cpu"):  # dropout / mixed dtypes: the original
         return type(block).forward(block, x, temb, *args, **kwargs)
     h = block.conv1(F.silu(block.norm1(x), inplace=True))
     if block.time_emb_proj is not None and temb is not None:
         h += block.time_emb_proj(temb if block.skip_time_act else F.silu(temb))[:, :, None, None]
-    h = block.conv2(F.silu(block.norm2(h), inplace=True))
+    if type(block.norm2) is torch.nn.GroupNorm and "forward" in block.norm2.__dict__:
+        h = group_norm(block.norm2, h, inplace=True)  # h is this block's own: normalised in place
+    else:
+        h = block.norm2(h)
+    h = block.conv2(F.silu(h, inplace=True))
     h += x if block.conv_shortcut is None else block.conv_shortcut(x)
     return h if block.output_scale_factor == 1 else h.div_(block.output_scale_factor)
 
@@ -209,14 +286,20 @@ def _few_out_ok(m):
 def fast_inference(model):
     """Within the block, the model's diffusers ``Attention`` layers run ``ChannelFirstAttnProcessor``
     and its eligible layers run ``few_out_conv`` (Conv2d, 1-3 outputs), ``upsample_conv``
-    (Upsample2D), ``resnet_block`` (ResnetBlock2D) and ``basic_unet`` (BasicUNet, BasicUNetFixed);
-    the model's own processors and forwards come back afterwards."""
+    (Upsample2D), ``resnet_block`` (ResnetBlock2D) and ``basic_unet`` (BasicUNet, BasicUNetFixed).
+    A model with GroupNorm layers (UNet2DModel) also runs channels_last inside: its other Conv2d
+    layers run ``conv_channels_last`` and its GroupNorm layers ``group_norm``, so activations stay
+    NHWC from the first convolution to the last. The model's own processors and forwards (and its
+    weights, untouched) come back afterwards."""
     modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
     attns = [m for m in modules if hasattr(m, "set_processor") and hasattr(m, "processor")]
-    convs = [m for m in modules if _few_out_ok(m) and "forward" not in m.__dict__]
-    ups = [m for m in modules if _upsample_conv_ok(m) and "forward" not in m.__dict__]
-    resnets = [m for m in modules if _resnet_ok(m) and "forward" not in m.__dict__]
-    basics = [m for m in modules if _basic_ok(m) and "forward" not in m.__dict__]
+    free = [m for m in modules if "forward" not in m.__dict__]
+    convs = [m for m in free if _few_out_ok(m)]
+    ups = [m for m in free if _upsample_conv_ok(m)]
+    resnets = [m for m in free if _resnet_ok(m)]
+    basics = [m for m in free if _basic_ok(m)]
+    norms = [m for m in free if type(m) is torch.nn.GroupNorm and m.affine]
+    nhwc = [m for m in free if norms and _conv_cl_ok(m) and m not in convs]
     saved = [m.processor for m in attns]
     for m in attns:
         m.processor = ChannelFirstAttnProcessor()
@@ -228,13 +311,22 @@ def fast_inference(model):
         m.forward = functools.partial(resnet_block, m)
     for m in basics:
         m.forward = functools.partial(basic_unet, m)
+    for m in norms:
+        m.forward = functools.partial(group_norm, m)
+    for m in nhwc:
+        w = m.weight.detach().contiguous(memory_format=torch.channels_last)
+        m.forward = functools.partial(conv_channels_last, m, w)
     try:
         yield model
     finally:
         for m, proc in zip(attns, saved):
             m.processor = proc
-        for m in convs + ups + resnets + basics:
+        for m in convs + ups + resnets + basics + norms + nhwc:
             del m.forward
+
+
+def _conv_cl_ok(m):
+    return type(m) is torch.nn.Conv2d and m.padding_mode == "zeros" and isinstance(m.padding, tuple)
 
 
 @contextlib.contextmanager

@@ -76,8 +76,50 @@ def test_channel_first_attention_equals_diffusers_processor(scale, size):
         assert (biggest < 96) if scale == 1 else (biggest > 128), biggest
         want = attn(x)
         got = ChannelFirstAttnProcessor()(attn, x)
-    assert torch.isfinite(got).all()
-    assert (got - want).abs().max().item() < 1e-5 * want.abs().max().item()
+        x_cl = x.to(memory_format=torch.channels_last)  # read as (B, HW, C) rows, written back NHWC
+        got_cl = ChannelFirstAttnProcessor()(attn, x_cl)
+    assert torch.isfinite(got).all() and torch.isfinite(got_cl).all()
+    assert got.is_contiguous() and got_cl.is_contiguous(memory_format=torch.channels_last)
+    for g in (got, got_cl):
+        assert (g - want).abs().max().item() < 1e-5 * want.abs().max().item()
+
+
+def test_channels_last_group_norm_equals_group_norm():
+    from ddpm_lib.fastpaths import group_norm
+    torch.manual_seed(0)
+    for C, size, offset in [(32, 28, 0.0), (96, 14, 5.0), (64, 7, -20.0)]:
+        norm = torch.nn.GroupNorm(32, C, eps=1e-5)
+        with torch.no_grad():
+            norm.weight.normal_(), norm.bias.normal_()
+            x = (torch.randn(3, C, size, size) * 2 + offset + torch.randn(3, C, 1, 1)).to(
+                memory_format=torch.channels_last)
+            want = norm(x.contiguous())
+            got = group_norm(norm, x)
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            assert (got - want).abs().max().item() < 1e-4, (C, offset)  # |want| ~ 5: float rounding
+            y = x.clone()
+            assert group_norm(norm, y, inplace=True).data_ptr() == y.data_ptr() and torch.equal(y, got)
+            assert torch.equal(group_norm(norm, x.contiguous()), want)  # NCHW: PyTorch's own kernel
+    x.requires_grad_(True)
+    group_norm(norm, x).sum().backward()  # with grad enabled: PyTorch's kernel, differentiable
+    assert x.grad is not None
+
+
+def test_channels_last_conv_keeps_nhwc_and_the_result():
+    from ddpm_lib.fastpaths import conv_channels_last
+    torch.manual_seed(0)
+    for cin, stride in [(1, 1), (32, 1), (64, 2)]:
+        conv = torch.nn.Conv2d(cin, 64, 3, padding=1, stride=stride)
+        w = conv.weight.detach().contiguous(memory_format=torch.channels_last)
+        x = torch.randn(2, cin, 14, 14)
+        with torch.no_grad():
+            want = conv(x)
+            for inp in (x, x.to(memory_format=torch.channels_last)):
+                got = conv_channels_last(conv, w, inp)
+                assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == want.shape
+                assert (got - want).abs().max().item() < 1e-5
+    conv_channels_last(conv, w, x).sum().backward()  # grad enabled: the conv's own forward
+    assert conv.weight.grad is not None
 
 
 def test_few_out_conv_equals_conv2d():
@@ -105,8 +147,11 @@ def test_upsample_conv_equals_diffusers_upsample2d():
         for size in [(7, 7), (5, 9)]:
             x = torch.randn(2, 16, *size)
             want, got = up(x), upsample_conv(up, x)
+            got_cl = upsample_conv(up, x.to(memory_format=torch.channels_last))
             assert got.shape == want.shape == (2, 24, 2 * size[0], 2 * size[1])
-            assert (got - want).abs().max().item() < 1e-5 * want.abs().max().item()
+            assert got_cl.is_contiguous(memory_format=torch.channels_last)
+            for g in (got, got_cl):
+                assert (g - want).abs().max().item() < 1e-5 * want.abs().max().item()
         x = torch.randn(2, 16, 7, 7)  # an odd target size goes to diffusers' own forward
         assert torch.equal(upsample_conv(up, x, output_size=(13, 15)), up(x, output_size=(13, 15)))
 
@@ -152,8 +197,16 @@ def test_fast_inference_swaps_layers_and_restores_them():
             assert {type(m.processor) for m in model.modules() if hasattr(m, "set_processor")} == \
                 {ChannelFirstAttnProcessor}
             patched = {type(m).__name__ for m in model.modules() if "forward" in m.__dict__}
-            assert patched == {"Conv2d", "Upsample2D", "ResnetBlock2D"}  # conv_out (1 channel), upsamplers, resnets
+            assert patched == {"Conv2d", "GroupNorm", "Upsample2D", "ResnetBlock2D"}
+            assert all("forward" in m.__dict__ for m in model.modules() if type(m) is torch.nn.Conv2d)
+            layouts = []
+            hooks = [m.register_forward_hook(lambda m, i, o: layouts.append(o.is_contiguous(
+                memory_format=torch.channels_last) and not o.is_contiguous()))
+                for m in model.modules() if type(m).__name__ in ("ResnetBlock2D", "Attention", "Upsample2D")]
             got = model(x, t).sample
+            for h in hooks:
+                h.remove()
+            assert len(layouts) == 17 + 11 + 2 and all(layouts)  # resnets, attentions, upsamplers: NHWC out
     assert [type(m.processor) for m in model.modules() if hasattr(m, "set_processor")] == procs
     assert not any("forward" in m.__dict__ for m in model.modules())
     assert (got - want).abs().max().item() < 1e-4
