@@ -67,6 +67,14 @@ def main():
     xr = torch.randn(B, 128, 14, 14)
     xb = torch.randn(B, 32, 28, 28).contiguous(memory_format=torch.channels_last)
     x, t = torch.randn(B, 1, 28, 28), torch.full((B,), 500)
+    cl = torch.channels_last
+    x14_cl = x14.contiguous(memory_format=cl)
+    conv = unet.mid_block.resnets[0].conv1  # 64 -> 64 at 7x7 in the model; timed here at 14x14
+    conv28 = unet.up_blocks[2].resnets[2].conv1  # 64 -> 32 at 28x28
+    norm = unet.up_blocks[2].resnets[2].norm1  # 64 channels at 28x28
+    conv_w, conv28_w = (c.weight.detach().contiguous(memory_format=cl) for c in (conv, conv28))
+    x28b = torch.randn(B, 64, 28, 28)
+    x28b_cl = x28b.contiguous(memory_format=cl)
     z = torch.randn(6, 196, 196)  # ~1 MB of 14x14 attention scores, as they sit in cache
     z2 = z * math.log2(math.e)  # the processor folds log2(e) into q's weights
     rows = [
@@ -80,8 +88,20 @@ def main():
                 lambda: unet.conv_out(x28), lambda: fastpaths.few_out_conv(unet.conv_out, x28)),
         compare("BasicUNetFixed last conv, 5x5 32->1, channels_last (few_out_conv)",
                 lambda: basic.up_layers[-1](xb), lambda: fastpaths.few_out_conv(basic.up_layers[-1], xb)),
+        compare("UNet2DModel attention, 14x14, NHWC in and out",
+                lambda: AttnProcessor2_0()(attn, x14), lambda: fastpaths.ChannelFirstAttnProcessor()(attn, x14_cl)),
         compare("UNet2DModel Upsample2D, 14x14 -> 28x28 (upsample_conv)",
                 lambda: up(x14), lambda: fastpaths.upsample_conv(up, x14)),
+        compare("UNet2DModel Upsample2D, 14x14 -> 28x28, NHWC (one transposed conv)",
+                lambda: up(x14), lambda: fastpaths.upsample_conv(up, x14_cl)),
+        compare("UNet2DModel 3x3 conv 64->64 at 14x14: NCHW -> NHWC (conv_channels_last)",
+                lambda: conv(x14), lambda: fastpaths.conv_channels_last(conv, conv_w, x14_cl)),
+        compare("UNet2DModel 3x3 conv 64->32 at 28x28: NCHW -> NHWC (conv_channels_last)",
+                lambda: conv28(x28b), lambda: fastpaths.conv_channels_last(conv28, conv28_w, x28b_cl)),
+        compare("GroupNorm, 64 channels at 28x28: NCHW (PyTorch) -> NHWC (group_norm)",
+                lambda: norm(x28b), lambda: fastpaths.group_norm(norm, x28b_cl)),
+        compare("GroupNorm, 64 channels at 28x28: NHWC, PyTorch's kernel -> group_norm",
+                lambda: torch.nn.GroupNorm.forward(norm, x28b_cl), lambda: fastpaths.group_norm(norm, x28b_cl)),
         compare("UNet2DModel ResnetBlock2D, 128->64 at 14x14 (resnet_block)",
                 lambda: resnet(xr, temb), lambda: fastpaths.resnet_block(resnet, xr, temb)),
         compare("BasicUNetFixed forward, channels_last (all of the above that apply)",

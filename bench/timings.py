@@ -112,13 +112,19 @@ def write_page(info):
               "因为这台 CPU 上 PyTorch 的 `exp2` 比 `exp` 快得多（表中第一行）；只有当 $|q\\cdot k|\\le\\|q\\|\\|k\\|$ 这个上界允许分数达到 96（以 2 为底）时才减去行最大值）；"
               "只有 1 个输出通道的卷积（两个模型的最后一层：一次矩阵乘法得到每个抽头的图，再错位相加）；"
               "`Upsample2D`（最近邻放大 2 倍再做 3×3 卷积：输出像素 $(2i+a,2j+b)$ 只看到小图的 2×2 邻域，四个相位各是一个权重相加后的 2×2 卷积，"
-              "不生成放大后的张量，乘加约为原来的 4/9）；`ResnetBlock2D` 和 `BasicUNet` 的前向（同样的层、同样的顺序，激活和加法原地完成，"
+              "不生成放大后的张量，乘加约为原来的 4/9；NHWC 输入时四个相位合成一个步长 2、4×4 核的转置卷积）；`ResnetBlock2D` 和 `BasicUNet` 的前向（同样的层、同样的顺序，激活和加法原地完成，"
               "结果逐位相同，少分配几个新张量）。"
+              "含 GroupNorm 的模型（`UNet2DModel`）在块内还整体改用 NHWC（channels_last）布局：oneDNN 的卷积内部用分块布局，"
+              "NCHW 的激活每次卷积前后都要重排一次，合计约占一次前向的十分之一；卷积的权重换成 channels_last 的副本后（`conv_channels_last`，"
+              "模型自己的权重不动），卷积直接读写 NHWC，这些重排就没有了。PyTorch 对 NHWC 的 GroupNorm 在 CPU 上比 NCHW 慢好几倍，"
+              "所以 `group_norm` 用逐通道的 $\sum x$、$\sum x^2$ 求组均值和方差（PyTorch 自己的 NHWC 内核也是这么算的），再用一次 `addcmul` 完成仿射；"
+              "注意力把 NHWC 的输入直接当作 (B, HW, C) 的行来读，输出也是 NHWC。"
               "下表是 `bench/layers.py` 在一个线程、32 张图（一个采样线程的份额）、发布权重上逐层对照的结果：", ""]
     lines += layers_table()
     lines += [
               "- **channels_last**（`channels_last=True`、`--channels-last`）。`BasicUNet` 的 5×5 卷积在 NHWC 布局下更快"
-              "（表中 `basic`、`basic-fixed` 的各行都用它）；表中 `unet2d` 的各行不用它。",
+              "（表中 `basic`、`basic-fixed` 的各行都用它）。`UNet2DModel` 不要用它：把整个模型转成 channels_last，GroupNorm 落到 PyTorch 较慢的 NHWC 内核上，"
+              "反而更慢；它的采样在上面的 `fast_inference` 里只在块内用 NHWC。",
               "- **bf16**（可选，`precision=\"bf16\"`、`--precision bf16`，表中 “bf16 opt-in” 各行）。这台 CPU 有 AVX512-BF16 指令，"
               "`BasicUNet` 的卷积和 `UNet2DModel` 的采样都明显变快；`UNet2DModel` 的训练加上 bf16 反而不如只分半批（时间花在注意力和 GroupNorm 上，它们在 bf16 下并不更快）。"
               "本书第 5 章发布的 `basic-fixed` 就是在这台 2 核 CPU 上用 bf16 训练的（不到半小时）。"

@@ -10,7 +10,9 @@ them on CPU, ``train`` can split the batch; both also take channels_last and bf1
   ``ChannelFirstAttnProcessor`` (attention with 8-wide heads: one q/k/v GEMM, exp2 softmax,
   denominators from the P V GEMM), ``few_out_conv`` (1-3 output channels: GEMM + shifted adds),
   ``upsample_conv`` (nearest x2 + 3x3 conv as four 2x2 phase convolutions), ``resnet_block`` and
-  ``basic_unet`` (the models' own forwards with in-place activations and additions).
+  ``basic_unet`` (the models' own forwards with in-place activations and additions); in a model
+  with GroupNorm layers also ``conv_channels_last`` and ``group_norm``, so the activations stay
+  NHWC (no oneDNN reorders around each convolution).
 """
 import contextlib
 import functools
@@ -38,7 +40,8 @@ class ChannelFirstAttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         if (hidden_states.ndim != 4 or encoder_hidden_states is not None or attention_mask is not None
                 or attn.spatial_norm is not None or attn.norm_q is not None or attn.norm_k is not None):
-            from diffusers.models.attention_processor import AttnProcessor2_0
+            from diffusers.models.attention_processor import AttnProcessor2_0  # it views NCHW maps
+            hidden_states = hidden_states.contiguous() if hidden_states.ndim == 4 else hidden_states
             return AttnProcessor2_0()(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         B, C, H, W = hidden_states.shape
         N, heads = H * W, attn.heads

@@ -292,3 +292,22 @@ def test_fast_inference_leaves_a_subclass_with_its_own_forward_alone():
     model = Zero().eval()
     with torch.inference_mode(), fast_inference(model):
         assert not model(torch.randn(4, 1, 28, 28), torch.tensor([1, 2, 3, 4])).any()
+
+
+def test_fast_inference_on_other_unet2d_configurations():
+    # layers the fast paths do not take (scale-shift time embedding, resnet up/down sampling,
+    # 4 groups, 16-wide heads) fall back to diffusers' own code, in NHWC where the model runs NHWC
+    from diffusers import UNet2DModel
+    from ddpm_lib.fastpaths import fast_inference
+    torch.manual_seed(0)
+    x, t = torch.randn(4, 3, 16, 16), torch.tensor([1, 10, 100, 900])
+    for kw in (dict(resnet_time_scale_shift="scale_shift", norm_num_groups=4, attention_head_dim=16),
+               dict(downsample_type="resnet", upsample_type="resnet", norm_num_groups=8)):
+        model = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
+                            block_out_channels=(16, 32), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                            up_block_types=("AttnUpBlock2D", "UpBlock2D"), **kw).eval()
+        with torch.inference_mode():
+            want = model(x, t).sample
+            with fast_inference(model):
+                got = model(x, t).sample
+        assert (got - want).abs().max().item() < 1e-4 * want.abs().max().item(), kw
