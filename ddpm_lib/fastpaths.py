@@ -31,11 +31,15 @@ class ChannelFirstAttnProcessor:
     q, k, v come from one GEMM whose rows are ordered per head, plus a row of ones per head
     (weight 0, bias 1) so the softmax denominators come out of the ``P V`` GEMM for free;
     softmax(z) = 2^(z log2 e) / sum, with 1/sqrt(d) and log2 e folded into q's weights (PyTorch's
-    exp2 is several times faster than its exp on CPU); scores are made in ~2 MB chunks in one
-    reused buffer. The row maximum is subtracted only when the bound |q.k| <= |q| |k| allows a
+    exp2 is several times faster than its exp on CPU); scores are made (key, query) in ~4 MB
+    chunks in one reused buffer. The row maximum is subtracted only when the bound |q.k| <= |q| |k| allows a
     score of 96 or more (in log2 units); below that, 2^score neither overflows nor underflows.
     A channels_last input is read as (B, HW, C) rows without a copy and the output is channels_last.
+    cache_weights=True (as ``fast_inference`` uses it) builds the q/k/v weights once, not per call.
     """
+
+    def __init__(self, cache_weights=False):
+        self.cache = {} if cache_weights else None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         if (hidden_states.ndim != 4 or encoder_hidden_states is not None or attention_mask is not None
@@ -56,26 +60,31 @@ class ChannelFirstAttnProcessor:
             h = hidden_states.reshape(B, C, N)
             if attn.group_norm is not None:
                 h = attn.group_norm(h)
-        w, b = _qkv1_weights(attn, h.dtype)
+        wb = None if self.cache is None else self.cache.get(h.dtype)
+        if wb is None:
+            wb = _qkv1_weights(attn, h.dtype)
+            if self.cache is not None:
+                self.cache[h.dtype] = wb
+        w, b = wb
         R = 3 * d + 1
-        qkv = torch.bmm(w.expand(B, heads * R, C), h).add_(b).view(B * heads, R, N)
+        qkv = torch.baddbmm(b, w.expand(B, heads * R, C), h).view(B * heads, R, N)
         q, k, v1 = qkv[:, :d], qkv[:, d:2 * d], qkv[:, 2 * d:]  # v1: v and the ones row
-        shift = bool(q.square().sum(1).amax() * k.square().sum(1).amax() >= 96.0 ** 2)
-        n = max(1, (1 << 21) // (4 * N * N))  # slices per chunk: ~2 MB of scores stays in cache
+        qk2 = qkv[:, :2 * d].square().view(B * heads, 2, d, N).sum(2).amax((0, 2))  # max |q|^2, max |k|^2
+        shift = bool(qk2.prod() >= 96.0 ** 2)
+        n = max(1, (1 << 22) // (4 * N * N))  # slices per chunk: ~4 MB of scores (L2: 2 MB a core)
         scores = qkv.new_empty(min(n, B * heads), N, N)
         out1 = qkv.new_empty(B * heads, d + 1, N)
-        for i in range(0, B * heads, n):
-            j = min(i + n, B * heads)
-            p = torch.bmm(q[i:j].transpose(1, 2), k[i:j], out=scores[:j - i])  # (query, key)
+        for kc, qc, vc, oc in zip(k.transpose(1, 2).split(n), q.split(n), v1.split(n), out1.split(n)):
+            p = torch.bmm(kc, qc, out=scores if len(kc) == n else scores[:len(kc)])  # (key, query)
             if shift:
-                p.sub_(p.amax(-1, keepdim=True))
-            torch.bmm(v1[i:j], p.exp2_().transpose(1, 2), out=out1[i:j])  # sum over keys
+                p.sub_(p.amax(1, keepdim=True))
+            torch.bmm(vc, p.exp2_(), out=oc)  # sums over keys
         out = (out1[:, :d] / out1[:, d:]).view(B, C, N)  # the softmax denominators
         proj = attn.to_out[0]
         if rows is not None:
-            out = torch.bmm(out.transpose(1, 2), proj.weight.t().expand(B, C, C))  # (B, HW, C)
-            if proj.bias is not None:
-                out.add_(proj.bias)
+            wt = proj.weight.t().expand(B, C, C)
+            out = torch.bmm(out.transpose(1, 2), wt) if proj.bias is None else \
+                torch.baddbmm(proj.bias, out.transpose(1, 2), wt)  # (B, HW, C)
             out = attn.to_out[1](out)
             if attn.residual_connection:
                 out.add_(rows)
@@ -116,19 +125,17 @@ def group_norm_rows(y, groups, weight, bias, eps, out=None):
     y^2 (as PyTorch's own channels-last GroupNorm kernel does), the affine map is one addcmul.
     PyTorch's kernel for this layout is several times slower than for NCHW on CPU."""
     B, N, C = y.shape
-    n = N * (C // groups)
-    s1 = y.sum(1).view(B, groups, -1).sum(-1, keepdim=True)
-    s2 = y.new_empty(B, C)
-    m = max(1, (1 << 18) // (N * C))  # images per chunk: y*y in a ~1 MB buffer, not a fresh full-size one
-    buf = y.new_empty(min(m, B), N, C)
-    for i in range(0, B, m):
-        j = min(i + m, B)
-        torch.sum(torch.mul(y[i:j], y[i:j], out=buf[:j - i]), 1, out=s2[i:j])
-    s2 = s2.view(B, groups, -1).sum(-1, keepdim=True)
-    mean = s1 / n
-    var = (s2 / n - mean * mean).clamp_(min=0)
-    scale = torch.rsqrt(var + eps) * weight.view(1, groups, -1)
-    shift = bias.view(1, groups, -1) - mean * scale
+    m = max(1, (1 << 20) // (N * C))  # images per chunk of y*y: at most ~4 MB of scratch
+    if m >= B:
+        sq = (y * y).sum(1)
+    else:  # a fresh tensor this size would cost page faults on top of the work
+        sq, buf = y.new_empty(B, C), y.new_empty(m, N, C)
+        for yc, sc in zip(y.split(m), sq.split(m)):
+            torch.sum(torch.mul(yc, yc, out=buf if len(yc) == m else buf[:len(yc)]), 1, out=sc)
+    mean, ex2 = torch.stack((y.sum(1), sq)).view(2, B, groups, -1).sum(-1).div_(N * (C // groups))
+    rstd = torch.addcmul(ex2, mean, mean, value=-1).clamp_(min=0).add_(eps).rsqrt_()  # (B, groups)
+    scale = rstd.unsqueeze(-1) * weight.view(groups, -1)
+    shift = torch.addcmul(bias.view(groups, -1), mean.unsqueeze(-1), scale, value=-1)
     return torch.addcmul(shift.view(B, 1, C), y, scale.view(B, 1, C), out=out)
 
 
@@ -150,6 +157,8 @@ def conv_channels_last(conv, weight_cl, x):
     if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
         return type(conv).forward(conv, x)
     out = F.conv2d(x, weight_cl, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if out.is_contiguous(memory_format=torch.channels_last):
+        return out
     return out.contiguous(memory_format=torch.channels_last)  # a 1-channel input gives NCHW
 
 
@@ -292,8 +301,9 @@ def fast_inference(model):
     (Upsample2D), ``resnet_block`` (ResnetBlock2D) and ``basic_unet`` (BasicUNet, BasicUNetFixed).
     A model with GroupNorm layers (UNet2DModel) also runs channels_last inside: its other Conv2d
     layers run ``conv_channels_last`` and its GroupNorm layers ``group_norm``, so activations stay
-    NHWC from the first convolution to the last. The model's own processors and forwards (and its
-    weights, untouched) come back afterwards."""
+    NHWC from the first convolution to the last. Weights are read once, on entry (channels_last
+    copies, the merged q/k/v weights): change them only outside the block. The model's own
+    processors and forwards (and its weights, untouched) come back afterwards."""
     modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
     attns = [m for m in modules if hasattr(m, "set_processor") and hasattr(m, "processor")]
     free = [m for m in modules if "forward" not in m.__dict__]
@@ -305,7 +315,7 @@ def fast_inference(model):
     nhwc = [m for m in free if norms and _conv_cl_ok(m) and m not in convs]
     saved = [m.processor for m in attns]
     for m in attns:
-        m.processor = ChannelFirstAttnProcessor()
+        m.processor = ChannelFirstAttnProcessor(cache_weights=True)
     for m in convs:
         m.forward = functools.partial(few_out_conv, m)
     for m in ups:

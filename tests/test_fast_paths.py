@@ -210,6 +210,13 @@ def test_fast_inference_swaps_layers_and_restores_them():
     assert [type(m.processor) for m in model.modules() if hasattr(m, "set_processor")] == procs
     assert not any("forward" in m.__dict__ for m in model.modules())
     assert (got - want).abs().max().item() < 1e-4
+    with torch.no_grad():  # weights are read on entry: a changed model is seen by the next block
+        for p in model.parameters():
+            p.mul_(1.1)
+        want = model(x, t).sample
+        with fast_inference(model):
+            got = model(x, t).sample
+    assert (got - want).abs().max().item() < 1e-4
 
 
 def test_cpu_fast_sampler_matches_the_plain_loop():
