@@ -105,11 +105,13 @@ def lib_sample(model, n, steps, device, kw):
 
 
 def alternate(fns, repeats):
-    """Run the functions in turn, `repeats` rounds; the median of each."""
+    """Run the functions in turn, `repeats` rounds, each round starting one function later (no
+    function always runs right after the same one); the median of each."""
     times = [[] for _ in fns]
-    for _ in range(repeats):
-        for f, ts in zip(fns, times):
-            ts.append(f())
+    for r in range(repeats):
+        for i in range(len(fns)):
+            j = (i + r) % len(fns)
+            times[j].append(fns[j]())
     return [statistics.median(ts) for ts in times]
 
 
@@ -177,7 +179,8 @@ def main(argv=None):
                          "peak_mib": round(peak_mib(device), 1)})
             print(rows[-1], flush=True)
     info = {"device": torch.cuda.get_device_name(device) if gpu else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
-            "torch": torch.__version__, "quick": args.quick, "repeats": repeats, "rows": rows}
+            "torch": torch.__version__, "quick": args.quick, "repeats": repeats,
+            "order": "rotated each round", "rows": rows}
     print(f"device: {info['device']}  torch {info['torch']}  repeats {repeats} (medians)")
     print(f"{'benchmark':58s} {'plain':>10s} {'ddpm_lib':>10s} {'ratio':>6s}  unit")
     for r in rows:

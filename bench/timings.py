@@ -41,7 +41,7 @@ def measure():
 def bench_table(path):
     b = json.load(open(path, encoding="utf-8"))
     lines = [f"测量设备：{b['device']}，PyTorch {b['torch']}，每项 {b['repeats']} 次交替重复取中位数"
-             + ("（`--quick`）" if b["quick"] else "") + "。", "",
+             + ("（每轮换一个先后顺序）" if b.get("order") else "") + ("（`--quick`）" if b["quick"] else "") + "。", "",
              "| 基准 | 朴素写法 | ddpm_lib | 倍数 | 单位 |", "|---|---:|---:|---:|---|"]
     for r in b["rows"]:
         lines.append(f"| {r['what']} | {r['plain']} | {r['ddpm_lib']} | {r['ratio']}× | {r['unit']} |")
