@@ -125,8 +125,8 @@ def group_norm_rows(y, groups, weight, bias, eps, out=None):
     y^2 (as PyTorch's own channels-last GroupNorm kernel does), the affine map is one addcmul.
     PyTorch's kernel for this layout is several times slower than for NCHW on CPU."""
     B, N, C = y.shape
-    m = max(1, (1 << 20) // (N * C))  # images per chunk of y*y: at most ~4 MB of scratch
-    if m >= B:
+    m = max(1, (1 << 18) // (N * C))  # images per ~1 MB chunk of y*y
+    if B * N * C <= 1 << 20:  # up to 4 MB: one temporary
         sq = (y * y).sum(1)
     else:  # a fresh tensor this size would cost page faults on top of the work
         sq, buf = y.new_empty(B, C), y.new_empty(m, N, C)
