@@ -32,8 +32,9 @@ class ChannelFirstAttnProcessor:
     (weight 0, bias 1) so the softmax denominators come out of the ``P V`` GEMM for free;
     softmax(z) = 2^(z log2 e) / sum, with 1/sqrt(d) and log2 e folded into q's weights (PyTorch's
     exp2 is several times faster than its exp on CPU); scores are made (key, query) in ~4 MB
-    chunks in one reused buffer. The row maximum is subtracted only when the bound |q.k| <= |q| |k| allows a
-    score of 96 or more (in log2 units); below that, 2^score neither overflows nor underflows.
+    chunks in one reused buffer. The key maximum is subtracted only when the bound
+    |q.k| <= |q| |k| allows a score of 96 or more (in log2 units); below that, 2^score neither
+    overflows nor underflows.
     A channels_last input is read as (B, HW, C) rows without a copy and the output is channels_last.
     cache_weights=True (as ``fast_inference`` uses it) builds the q/k/v weights once, not per call.
     """
