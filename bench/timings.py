@@ -115,7 +115,7 @@ def write_page(info):
               "不生成放大后的张量，乘加约为原来的 4/9；NHWC 输入时四个相位合成一个步长 2、4×4 核的转置卷积）；`ResnetBlock2D` 和 `BasicUNet` 的前向（同样的层、同样的顺序，激活和加法原地完成，"
               "结果逐位相同，少分配几个新张量）。"
               "含 GroupNorm 的模型（`UNet2DModel`）在块内还整体改用 NHWC（channels_last）布局：oneDNN 的卷积内部用分块布局，"
-              "NCHW 的激活每次卷积前后都要重排一次，合计约占一次前向的十分之一；卷积的权重换成 channels_last 的副本后（`conv_channels_last`，"
+              "NCHW 的激活每次卷积前后都要重排一次（下表“NCHW -> NHWC”两行是单个卷积省下的部分）；卷积的权重换成 channels_last 的副本后（`conv_channels_last`，"
               "模型自己的权重不动），卷积直接读写 NHWC，这些重排就没有了。PyTorch 对 NHWC 的 GroupNorm 在 CPU 上比 NCHW 慢好几倍，"
               "所以 `group_norm` 用逐通道的 $\sum x$、$\sum x^2$ 求组均值和方差（PyTorch 自己的 NHWC 内核也是这么算的），再用一次 `addcmul` 完成仿射（它仍比 NCHW 的 GroupNorm 慢，见下表，但省下的重排更多）；"
               "注意力把 NHWC 的输入直接当作 (B, HW, C) 的行来读，输出也是 NHWC。"

@@ -154,7 +154,8 @@ def group_norm(norm, x, inplace=False):
 def conv_channels_last(conv, weight_cl, x):
     """``conv(x)`` with the weight in channels_last order, so oneDNN reads and writes NHWC and the
     output stays channels_last: no reorder of the activations to and from oneDNN's blocked layout
-    around every convolution (about a tenth of a UNet2DModel forward on CPU)."""
+    around every convolution (ONEDNN_VERBOSE=1 showed ~28 ms of them in a ~290 ms, 32-image
+    UNet2DModel forward on one CPU thread)."""
     if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
         return type(conv).forward(conv, x)
     out = F.conv2d(x, weight_cl, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
