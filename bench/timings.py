@@ -109,7 +109,7 @@ def write_page(info):
               "- **更省的层**（`fastpaths.fast_inference`，CPU 上每批 4 张及以上的采样自动使用；更小的批次里，它多出的小运算与省下的差不多；训练不用）。在 `with` 块内把模型的几个层换成同一数学的更省写法，"
               "块结束后换回：注意力（`ChannelFirstAttnProcessor`：$q,k,v$ 由一次矩阵乘法算出，每个头多一行“全 1”（权重 0、偏置 1），"
               "softmax 的分母就在 $PV$ 那次矩阵乘法里顺带算出；softmax 写成 $2^{z\\log_2 e}/\\sum$，$\\log_2 e/\\sqrt{d}$ 并入 $q$ 的权重，"
-              "因为这台 CPU 上 PyTorch 的 `exp2` 比 `exp` 快得多（表中第一行）；只有当 $|q\\cdot k|\\le\\|q\\|\\|k\\|$ 这个上界允许分数达到 96（以 2 为底）时才减去行最大值）；"
+              "因为这台 CPU 上 PyTorch 的 `exp2` 比 `exp` 快得多（表中第一行）；只有当 $|q\\cdot k|\\le\\|q\\|\\|k\\|$ 这个上界允许分数达到 96（以 2 为底）时才减去每个查询的最大分数）；"
               "只有 1 个输出通道的卷积（两个模型的最后一层：一次矩阵乘法得到每个抽头的图，再错位相加）；"
               "`Upsample2D`（最近邻放大 2 倍再做 3×3 卷积：输出像素 $(2i+a,2j+b)$ 只看到小图的 2×2 邻域，四个相位各是一个权重相加后的 2×2 卷积，"
               "不生成放大后的张量，乘加约为原来的 4/9；NHWC 输入时四个相位合成一个步长 2、4×4 核的转置卷积）；`ResnetBlock2D` 和 `BasicUNet` 的前向（同样的层、同样的顺序，激活和加法原地完成，"
@@ -123,8 +123,8 @@ def write_page(info):
     lines += layers_table()
     lines += [
               "- **channels_last**（`channels_last=True`、`--channels-last`）。`BasicUNet` 的 5×5 卷积在 NHWC 布局下更快"
-              "（表中 `basic`、`basic-fixed` 的各行都用它）。`UNet2DModel` 不要用它：把整个模型转成 channels_last，GroupNorm 落到 PyTorch 较慢的 NHWC 内核上，"
-              "反而更慢；它的采样在上面的 `fast_inference` 里只在块内用 NHWC。",
+              "（表中 `basic`、`basic-fixed` 的各行都用它）。`UNet2DModel` 不要用它：把整个模型转成 channels_last，GroupNorm 就落到 PyTorch 的 NHWC 内核上"
+              "（上表两行 GroupNorm 的“原写法”一列：NHWC 内核比 NCHW 内核慢得多）；它的采样在上面的 `fast_inference` 里只在块内用 NHWC，GroupNorm 换成 `group_norm`。",
               "- **bf16**（可选，`precision=\"bf16\"`、`--precision bf16`，表中 “bf16 opt-in” 各行）。这台 CPU 有 AVX512-BF16 指令，"
               "`BasicUNet` 的卷积和 `UNet2DModel` 的采样都明显变快；`UNet2DModel` 的训练加上 bf16 反而不如只分半批（时间花在注意力和 GroupNorm 上，它们在 bf16 下并不更快）。"
               "本书第 5 章发布的 `basic-fixed` 就是在这台 2 核 CPU 上用 bf16 训练的（不到半小时）。"

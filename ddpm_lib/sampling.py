@@ -35,8 +35,8 @@ def sample(model, schedule, shape, generator=None, progress=True, return_traject
     more threads, run the two halves of the batch on two threads, half the cores each; and for
     batches of 4 or more, run the model under ``fastpaths.fast_inference`` (cheaper attention,
     output conv, upsampling and in-place blocks, and NHWC activations inside a UNet2DModel;
-    below 4 images their extra small operations cost about what they save). Either way the result equals the plain loop's to float
-    rounding (tested).
+    below 4 images their extra small operations cost about what they save). Either way the
+    result equals the plain loop's to float rounding (tested).
     precision: "fp32" (default) or "bf16" (the model runs under bf16 autocast, opt-in: faster on
     CPUs with bf16 instructions; samples differ from fp32 by the tolerance the book states).
     channels_last: convert the model's memory format in place (faster for BasicUNet's 5x5
