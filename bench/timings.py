@@ -1,6 +1,8 @@
 """`make timings`: execute every notebook in book/ (without changing it), time each, save the
-numbers in bench/results/notebook_timings.json and write book/timings.md, the page the book
-shows, together with the latest benchmark tables from bench/results/bench_*.json.
+numbers (each notebook, and each code cell from nbclient's execution timestamps) in
+bench/results/notebook_timings.json and write book/timings.md, the page the book shows, together
+with the latest benchmark tables from bench/results/bench_*.json. tests/test_book_text.py checks
+the running times the chapters quote against the saved cell times.
 
     python bench/timings.py              # execute and time, then write the page
     python bench/timings.py --page-only  # rewrite the page from the saved numbers
@@ -15,6 +17,27 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAVED = os.path.join(ROOT, "bench", "results", "notebook_timings.json")
+SLOW_CELL_S = 5.0  # the page lists the code cells that take at least this long
+
+
+def cell_seconds(cell):
+    """Wall time of one executed code cell, from the timestamps nbclient records."""
+    ex = cell.metadata.get("execution", {})
+    start, end = ex.get("iopub.execute_input"), ex.get("shell.execute_reply")
+    if not (start and end):
+        return None
+    parse = lambda s: datetime.datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
+    return round((parse(end) - parse(start)).total_seconds(), 1)
+
+
+def cell_label(source):
+    """What a reader recognises a code cell by: its first line that does real work."""
+    lines = [ln.strip() for ln in source.splitlines() if ln.strip()]
+    if lines and lines[0].startswith("# 本章用到的全部设置"):
+        return "本章的设置与导入"
+    work = [ln for ln in lines if not ln.startswith(("#", "torch.manual_seed(", "import ", "from "))]
+    line = (work or lines or [""])[0]
+    return "`" + (line if len(line) <= 60 else line[:57] + "...") + "`"
 
 
 def measure():
@@ -27,8 +50,13 @@ def measure():
         nb = nbformat.read(path, as_version=4)
         title = next(c.source.splitlines()[0].lstrip("# ") for c in nb.cells if c.cell_type == "markdown")
         t0 = time.perf_counter()
-        NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": os.path.dirname(path)}}).execute()
-        rows.append({"notebook": os.path.basename(path), "title": title, "seconds": round(time.perf_counter() - t0, 1)})
+        NotebookClient(nb, timeout=1200, kernel_name="python3", record_timing=True,
+                       resources={"metadata": {"path": os.path.dirname(path)}}).execute()
+        seconds = round(time.perf_counter() - t0, 1)
+        # cell: the index in nb.cells (markdown cells included), as tests/test_book_text.py reads it
+        cells = [{"cell": i, "seconds": cell_seconds(c), "first_line": c.source.splitlines()[0] if c.source else ""}
+                 for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        rows.append({"notebook": os.path.basename(path), "title": title, "seconds": seconds, "cells": cells})
         print(f"{rows[-1]['notebook']:28s} {rows[-1]['seconds']:7.1f} s", flush=True)
     info = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "cuda": torch.cuda.is_available(),
             "torch": torch.__version__, "date": datetime.date.today().isoformat(), "rows": rows}
@@ -90,6 +118,17 @@ def write_page(info):
     ]
     lines += [f"| `{r['notebook']}` | {r['title']} | {r['seconds']:.0f} |" for r in rows]
     lines += [f"| **合计** | | **{total:.0f}** |", ""]
+    slow = [(r, c) for r in rows for c in r.get("cells", []) if (c["seconds"] or 0) >= SLOW_CELL_S]
+    if slow:
+        lines += ["### 耗时较长的单元格", "",
+                  f"同一次执行中用时 {SLOW_CELL_S:.0f} 秒以上的代码单元格（各章正文里提到的“约 N 秒”指的就是这里的时间，"
+                  "`tests/test_book_text.py` 检查二者相符）：", "",
+                  "| 笔记本 | 单元格 | 时间（秒） |", "|---|---|---:|"]
+        sources = {r["notebook"]: json.load(open(os.path.join(ROOT, "book", r["notebook"]), encoding="utf-8"))["cells"]
+                   for r, _ in slow}
+        lines += [f"| `{r['notebook']}` | {cell_label(''.join(sources[r['notebook']][c['cell']]['source']))} | {c['seconds']:.0f} |"
+                  for r, c in slow]
+        lines += [""]
     lines += ["## 性能基准", "",
               "`make bench`（`bench/bench.py`）在同一个进程中交替运行 `ddpm_lib` 与读者照底稿会写的朴素代码："
               "训练比较的是 `ddpm_lib.train` 与 `DDPMScheduler.add_noise` + AdamW + fp32 + 每批 128 张的循环（图/秒，越大越好）；"

@@ -1,0 +1,80 @@
+"""The running times and benchmark figures the chapters quote agree with the measured ones.
+
+`make timings` saves each notebook's and each code cell's time in
+bench/results/notebook_timings.json (and shows them on book/timings.md); `make bench` saves
+bench/results/bench_cpu.json. The prose quotes them by hand, so a re-measurement or an edit
+can leave a stale number behind: these tests catch that.
+Conventions the chapters follow: "约 N 秒" in a markdown cell is the time of the next code cell;
+"本章…约 N 分钟" is the whole notebook.
+"""
+import glob
+import json
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMINGS = json.load(open(os.path.join(ROOT, "bench", "results", "notebook_timings.json"), encoding="utf-8"))
+NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "book", "*.ipynb")))
+SECONDS = re.compile(r"约 ?(\d+(?:\.\d+)?) ?秒")
+CHAPTER_MINUTES = re.compile(r"本章[^。]*?约 ?(\d+(?:\.\d+)?) ?分钟")
+TOLERANCE = 0.35  # a quoted "about N" may be off by 35 % (this VM's speed drifts by about 10 %)
+
+
+def cells(path):
+    return json.load(open(path, encoding="utf-8"))["cells"]
+
+
+def measured(path):
+    name = os.path.basename(path)
+    row = next((r for r in TIMINGS["rows"] if r["notebook"] == name), None)
+    assert row is not None and "cells" in row, f"{name} has no cell times: run `make timings`"
+    return row
+
+
+def quoted_times(path):
+    """(what, quoted seconds, measured seconds) for every time the notebook's prose quotes."""
+    row, nb = measured(path), cells(path)
+    cell_time = {c["cell"]: c["seconds"] for c in row["cells"]}
+    out = []
+    for i, c in enumerate(nb):
+        if c["cell_type"] != "markdown":
+            continue
+        text = "".join(c["source"])
+        for m in CHAPTER_MINUTES.finditer(text):
+            out.append((f"cell {i}: {m.group(0)}", float(m.group(1)) * 60, row["seconds"]))
+        for m in SECONDS.finditer(text):
+            nxt = next(j for j in range(i + 1, len(nb)) if nb[j]["cell_type"] == "code")
+            out.append((f"cell {i} -> code cell {nxt}: {m.group(0)}", float(m.group(1)), cell_time[nxt]))
+    return out
+
+
+def test_timings_cover_the_current_notebooks():
+    # the saved cell indices must be those of the notebooks as they are now
+    assert sorted(r["notebook"] for r in TIMINGS["rows"]) == [os.path.basename(p) for p in NOTEBOOKS]
+    for path in NOTEBOOKS:
+        code = [i for i, c in enumerate(cells(path)) if c["cell_type"] == "code"]
+        assert [c["cell"] for c in measured(path)["cells"]] == code, f"{path}: cells changed since `make timings`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_quoted_running_times_match_the_measured_ones(path):
+    for what, quoted, seconds in quoted_times(path):
+        assert abs(quoted - seconds) <= TOLERANCE * seconds, f"{what}: measured {seconds} s"
+
+
+def test_the_chapters_quote_running_times():
+    # the check above is not vacuous: the slow cells of chapters 1, 4, 5 and 6 say how long they take
+    quoted = {os.path.basename(p)[:2] for p in NOTEBOOKS if quoted_times(p)}
+    assert {"01", "04", "05", "06"} <= quoted
+
+
+def test_quoted_cpu_training_throughput_matches_the_benchmark():
+    bench = json.load(open(os.path.join(ROOT, "bench", "results", "bench_cpu.json"), encoding="utf-8"))
+    row = next(r for r in bench["rows"] if r["what"] == "train unet2d")
+    text = "".join("".join(c["source"]) for c in cells(os.path.join(ROOT, "book", "06_unet2d.ipynb")))
+    m = re.search(r"朴素写法约 (\d+) 张图/秒，`ddpm_lib` 加上 `--split-batch` 约 (\d+) 张图/秒", text)
+    assert m, "chapter 6, exercise 1 no longer quotes the unet2d training throughput"
+    for quoted, bench_value in zip(map(float, m.groups()), (row["plain"], row["ddpm_lib"])):
+        assert abs(quoted - bench_value) <= 0.1 * bench_value, (quoted, bench_value)
