@@ -1,0 +1,39 @@
+"""bench/bench.py runs and writes the table it promises (a smoke test: no speed is asserted here;
+`make bench` measures, and book/timings.md shows the measured numbers)."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import bench  # noqa: E402
+
+
+def test_alternate_rotates_the_order_and_takes_medians():
+    calls = []
+
+    def make(name, values):
+        it = iter(values)
+        return lambda: calls.append(name) or next(it)
+
+    medians = bench.alternate([make("a", [3, 1, 2]), make("b", [10, 30, 20])], repeats=3)
+    assert medians == [2, 20]
+    assert calls == ["a", "b", "b", "a", "a", "b"]  # round r starts with function r mod n
+
+
+def test_quick_cpu_run_writes_the_table(tmp_path):
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench.py"), "--quick", "--models", "basic",
+                    "--json", str(out)], check=True, cwd=ROOT, capture_output=True, timeout=600)
+    info = json.loads(out.read_text())
+    assert info["quick"] is True and info["repeats"] == 3 and info["device"].startswith("cpu")
+    whats = [r["what"] for r in info["rows"]]
+    assert whats == ["train basic", "train basic, bf16 opt-in", "sample basic-fixed (64 images, 1000 steps)",
+                     "sample basic-fixed (64 images, 1000 steps), bf16 opt-in"]
+    for r in info["rows"]:
+        assert r["plain"] > 0 and r["ddpm_lib"] > 0 and r["peak_mib"] > 0
+        # the ratio is "how many times better": images/s divide one way, seconds the other
+        expected = r["ddpm_lib"] / r["plain"] if r["unit"] == "images/s" else r["plain"] / r["ddpm_lib"]
+        assert abs(r["ratio"] - expected) <= 0.02 * expected + 0.01
+    assert info["rows"][0]["ddpm_lib_settings"] == {"batch_size": 128, "channels_last": True}
