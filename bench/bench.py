@@ -6,12 +6,17 @@ reports medians and ratios, writes JSON.
 
 --quick (under a minute on a 2-core CPU) times 1-3 steps with no warm-up: a smoke run whose ratios
 are noisy; book/timings.md shows the full run (5 repeats).
+Memory: for each run, how far memory rose above its level at the start (CUDA: allocated by
+torch; CPU: the process's resident set, Linux only, else null); each row keeps the largest.
 """
 import argparse
 import copy
+import ctypes
+import gc
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -27,16 +32,35 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def memory_mib(device, key):
+    """CUDA: torch's allocated bytes; CPU: the process's resident memory from /proc (Linux)."""
+    if device.type == "cuda":
+        return (torch.cuda.max_memory_allocated() if key == "peak" else torch.cuda.memory_allocated()) / 2**20
+    status = open("/proc/self/status").read()
+    return int(re.search(rf"{'VmHWM' if key == 'peak' else 'VmRSS'}:\s+(\d+) kB", status).group(1)) / 1024
+
+
 def peak_reset(device):
+    """Start a new high-water mark at the memory in use now; returns that memory (MiB), or None
+    on a CPU without Linux's /proc."""
+    gc.collect()
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    elif not os.path.exists("/proc/self/clear_refs"):
+        return None
+    else:
+        ctypes.CDLL(None).malloc_trim(0)  # hand freed heap back, so one run's garbage is not the next one's baseline
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current VmRSS (Linux >= 4.0)
+    return memory_mib(device, "now")
 
 
-def peak_mib(device):
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process high-water mark (CPU)
+def peak_extra_mib(fn, device):
+    """Run fn; return (its result, how far memory rose above its level at the start, in MiB)."""
+    start = peak_reset(device)
+    value = fn()
+    return value, None if start is None else memory_mib(device, "peak") - start
 
 
 def fresh(name, device):
@@ -104,15 +128,22 @@ def lib_sample(model, n, steps, device, kw):
     return time.perf_counter() - t0
 
 
-def alternate(fns, repeats):
+def mib(x):
+    return None if x is None else round(x, 1)
+
+
+def alternate(fns, repeats, device=torch.device("cpu")):
     """Run the functions in turn, `repeats` rounds, each round starting one function later (no
-    function always runs right after the same one); the median of each."""
-    times = [[] for _ in fns]
+    function always runs right after the same one). Returns the median of each function's
+    results and the most memory each needed above its starting level (MiB, ``peak_extra_mib``)."""
+    results, peaks = [[] for _ in fns], [0.0 for _ in fns]
     for r in range(repeats):
         for i in range(len(fns)):
             j = (i + r) % len(fns)
-            times[j].append(fns[j]())
-    return [statistics.median(ts) for ts in times]
+            value, extra = peak_extra_mib(fns[j], device)
+            results[j].append(value)
+            peaks[j] = None if extra is None else max(peaks[j], extra)
+    return [statistics.median(v) for v in results], peaks
 
 
 def main(argv=None):
@@ -145,15 +176,14 @@ def main(argv=None):
                         ", bf16 opt-in": dict(batch_size=128, warmup=warm, precision="bf16", **lever)}
             cl = {"channels_last": True} if name == "basic" else {}  # sampling splits the batch by default
             sample_kw = {"": cl, ", bf16 opt-in": dict(precision="bf16", **cl)}
-        peak_reset(device)
         fns = [lambda: plain_train(name, images, device, steps)]
         fns += [lambda kw=kw: lib_train(name, images, device, steps, kw) for kw in variants.values()]
-        plain, *ours = alternate(fns, repeats)
-        for (suffix, kw), o in zip(variants.items(), ours):
+        (plain, *ours), (plain_mib, *ours_mib) = alternate(fns, repeats, device)
+        for (suffix, kw), o, o_mib in zip(variants.items(), ours, ours_mib):
             rows.append({"what": f"train {name}{suffix}", "unit": "images/s", "plain": round(plain, 1),
                          "ddpm_lib": round(o, 1), "ratio": round(o / plain, 2),
                          "ddpm_lib_settings": {k: v for k, v in kw.items() if k != "warmup"},
-                         "peak_mib": round(peak_mib(device), 1)})
+                         "peak_extra_mib": {"plain": mib(plain_mib), "ddpm_lib": mib(o_mib)}})
             print(rows[-1], flush=True)
         # sampling, 64 images; per-step cost is what differs, so quick/CPU runs time fewer steps
         n = 64
@@ -168,25 +198,25 @@ def main(argv=None):
         pipeline_sample(pipe_model, n, 2, device)  # warm-up
         for kw in sample_kw.values():
             lib_sample(model, n, 2, device, kw)
-        peak_reset(device)
         fns = [lambda: pipeline_sample(pipe_model, n, sample_steps, device)]
         fns += [lambda kw=kw: lib_sample(model, n, sample_steps, device, kw) for kw in sample_kw.values()]
-        plain_s, *ours_s = alternate(fns, repeats)
+        (plain_s, *ours_s), (plain_mib, *ours_mib) = alternate(fns, repeats, device)
         scale = 1000 / sample_steps
         label = name if name != "basic" else "basic-fixed"
-        for (suffix, kw), o in zip(sample_kw.items(), ours_s):
+        for (suffix, kw), o, o_mib in zip(sample_kw.items(), ours_s, ours_mib):
             rows.append({"what": f"sample {label} (64 images, 1000 steps){suffix}", "unit": "s",
                          "plain": round(plain_s * scale, 2), "ddpm_lib": round(o * scale, 2),
                          "ratio": round(plain_s / o, 2), "ddpm_lib_settings": kw, "timed_steps": sample_steps,
-                         "peak_mib": round(peak_mib(device), 1)})
+                         "peak_extra_mib": {"plain": mib(plain_mib), "ddpm_lib": mib(o_mib)}})
             print(rows[-1], flush=True)
     info = {"device": torch.cuda.get_device_name(device) if gpu else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
             "torch": torch.__version__, "quick": args.quick, "repeats": repeats,
             "order": "rotated each round", "rows": rows}
     print(f"device: {info['device']}  torch {info['torch']}  repeats {repeats} (medians)")
-    print(f"{'benchmark':58s} {'plain':>10s} {'ddpm_lib':>10s} {'ratio':>6s}  unit")
+    print(f"{'benchmark':58s} {'plain':>10s} {'ddpm_lib':>10s} {'ratio':>6s}  {'unit':9s} peak extra MiB (plain / ddpm_lib)")
     for r in rows:
-        print(f"{r['what']:58s} {r['plain']:>10} {r['ddpm_lib']:>10} {r['ratio']:>5}x  {r['unit']}")
+        m = r["peak_extra_mib"]
+        print(f"{r['what']:58s} {r['plain']:>10} {r['ddpm_lib']:>10} {r['ratio']:>5}x  {r['unit']:9s} {m['plain']} / {m['ddpm_lib']}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -70,9 +70,11 @@ def bench_table(path):
     b = json.load(open(path, encoding="utf-8"))
     lines = [f"测量设备：{b['device']}，PyTorch {b['torch']}，每项 {b['repeats']} 次交替重复取中位数"
              + ("（每轮换一个先后顺序）" if b.get("order") else "") + ("（`--quick`）" if b["quick"] else "") + "。", "",
-             "| 基准 | 朴素写法 | ddpm_lib | 倍数 | 单位 |", "|---|---:|---:|---:|---|"]
+             "| 基准 | 朴素写法 | ddpm_lib | 倍数 | 单位 | 内存增量峰值 MiB（朴素 / ddpm_lib） |", "|---|---:|---:|---:|---|---:|"]
     for r in b["rows"]:
-        lines.append(f"| {r['what']} | {r['plain']} | {r['ddpm_lib']} | {r['ratio']}× | {r['unit']} |")
+        m = r.get("peak_extra_mib")
+        mem = f"{m['plain']} / {m['ddpm_lib']}" if m else f"{r['peak_mib']}（两者共用一个峰值）"
+        lines.append(f"| {r['what']} | {r['plain']} | {r['ddpm_lib']} | {r['ratio']}× | {r['unit']} | {mem} |")
     return lines + [""]
 
 
@@ -133,7 +135,10 @@ def write_page(info):
               "`make bench`（`bench/bench.py`）在同一个进程中交替运行 `ddpm_lib` 与读者照底稿会写的朴素代码："
               "训练比较的是 `ddpm_lib.train` 与 `DDPMScheduler.add_noise` + AdamW + fp32 + 每批 128 张的循环（图/秒，越大越好）；"
               "采样比较的是 `ddpm_lib.sample` 与 `diffusers` 的 `DDPMPipeline`（同一权重，`clip_sample=False`，64 张图、1000 步的秒数，越小越好；"
-              "CPU 上只计时其中一部分步数再按比例折算，每步的计算量与步数无关）。", ""]
+              "CPU 上只计时其中一部分步数再按比例折算，每步的计算量与步数无关）。"
+              "内存一列是每次运行中内存比运行开始时多占用的峰值，各次重复取最大："
+              "CPU 上是进程的常驻内存（Linux 的 VmHWM，开始前归零，减去开始时的 VmRSS），GPU 上是 PyTorch 分配的显存；"
+              "它包括这次运行自己建的模型、优化器状态和激活。", ""]
     for name, label in (("bench_cpu.json", "CPU"), ("bench_gpu_h200.json", "GPU")):
         path = os.path.join(ROOT, "bench", "results", name)
         if os.path.isfile(path):
