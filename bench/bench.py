@@ -6,8 +6,8 @@ reports medians and ratios, writes JSON.
 
 --quick (under a minute on a 2-core CPU) times 1-3 steps with no warm-up: a smoke run whose ratios
 are noisy; book/timings.md shows the full run (5 repeats).
-Memory: for each run, how far memory rose above its level at the start (CUDA: allocated by
-torch; CPU: the process's resident set, Linux only, else null); each row keeps the largest.
+Memory: one extra, untimed run of each, how far memory rose above its level at the start
+(CUDA: allocated by torch; CPU: the process's resident set, Linux only, else null).
 """
 import argparse
 import copy
@@ -132,18 +132,22 @@ def mib(x):
     return None if x is None else round(x, 1)
 
 
-def alternate(fns, repeats, device=torch.device("cpu")):
+def alternate(fns, repeats):
     """Run the functions in turn, `repeats` rounds, each round starting one function later (no
-    function always runs right after the same one). Returns the median of each function's
-    results and the most memory each needed above its starting level (MiB, ``peak_extra_mib``)."""
-    results, peaks = [[] for _ in fns], [0.0 for _ in fns]
+    function always runs right after the same one); the median of each."""
+    times = [[] for _ in fns]
     for r in range(repeats):
         for i in range(len(fns)):
             j = (i + r) % len(fns)
-            value, extra = peak_extra_mib(fns[j], device)
-            results[j].append(value)
-            peaks[j] = None if extra is None else max(peaks[j], extra)
-    return [statistics.median(v) for v in results], peaks
+            times[j].append(fns[j]())
+    return [statistics.median(ts) for ts in times]
+
+
+def peaks(fns, device):
+    """One more, untimed run of each function for its memory: handing the freed heap back
+    before a run (``peak_reset``) makes its first steps fault pages in, ~15 % slower for a
+    10-step sampling run, so the timed runs above do not do it."""
+    return [peak_extra_mib(fn, device)[1] for fn in fns]
 
 
 def main(argv=None):
@@ -178,7 +182,8 @@ def main(argv=None):
             sample_kw = {"": cl, ", bf16 opt-in": dict(precision="bf16", **cl)}
         fns = [lambda: plain_train(name, images, device, steps)]
         fns += [lambda kw=kw: lib_train(name, images, device, steps, kw) for kw in variants.values()]
-        (plain, *ours), (plain_mib, *ours_mib) = alternate(fns, repeats, device)
+        plain, *ours = alternate(fns, repeats)
+        plain_mib, *ours_mib = peaks(fns, device)
         for (suffix, kw), o, o_mib in zip(variants.items(), ours, ours_mib):
             rows.append({"what": f"train {name}{suffix}", "unit": "images/s", "plain": round(plain, 1),
                          "ddpm_lib": round(o, 1), "ratio": round(o / plain, 2),
@@ -200,7 +205,8 @@ def main(argv=None):
             lib_sample(model, n, 2, device, kw)
         fns = [lambda: pipeline_sample(pipe_model, n, sample_steps, device)]
         fns += [lambda kw=kw: lib_sample(model, n, sample_steps, device, kw) for kw in sample_kw.values()]
-        (plain_s, *ours_s), (plain_mib, *ours_mib) = alternate(fns, repeats, device)
+        plain_s, *ours_s = alternate(fns, repeats)
+        plain_mib, *ours_mib = peaks(fns, device)
         scale = 1000 / sample_steps
         label = name if name != "basic" else "basic-fixed"
         for (suffix, kw), o, o_mib in zip(sample_kw.items(), ours_s, ours_mib):

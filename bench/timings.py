@@ -136,13 +136,16 @@ def write_page(info):
               "训练比较的是 `ddpm_lib.train` 与 `DDPMScheduler.add_noise` + AdamW + fp32 + 每批 128 张的循环（图/秒，越大越好）；"
               "采样比较的是 `ddpm_lib.sample` 与 `diffusers` 的 `DDPMPipeline`（同一权重，`clip_sample=False`，64 张图、1000 步的秒数，越小越好；"
               "CPU 上只计时其中一部分步数再按比例折算，每步的计算量与步数无关）。"
-              "内存一列是每次运行中内存比运行开始时多占用的峰值，各次重复取最大："
+              "内存一列是计时之后每个函数再单独运行一次时，内存比运行开始时多占用的峰值："
               "CPU 上是进程的常驻内存（Linux 的 VmHWM，开始前归零，减去开始时的 VmRSS），GPU 上是 PyTorch 分配的显存；"
               "它包括这次运行自己建的模型、优化器状态和激活。", ""]
     for name, label in (("bench_cpu.json", "CPU"), ("bench_gpu_h200.json", "GPU")):
         path = os.path.join(ROOT, "bench", "results", name)
         if os.path.isfile(path):
             lines += [f"### {label}", ""] + bench_table(path)
+            if label == "GPU" and not any("batch 2048" in r["what"] for r in json.load(open(path))["rows"]):
+                lines += ["这次 GPU 运行早于现在的 `bench/bench.py`：表中没有每批 2048 张的训练行，内存是两者共用的一个峰值。"
+                          "`bench/gpu_bench.sh` 是在 GPU 上重测这些行的一键脚本。", ""]
     lines += ["GPU 上 `ddpm_lib.train` 的快速路径是 bf16 自动混合精度、channels_last、fused AdamW、`torch.compile` 和每批 512 张；"
               "`ddpm_lib.sample` 在 CUDA 上把每一步的网络前向录成 CUDA graph 重放（结果与普通循环逐位相同，见 `bench/results/gpu_checks.json`）。", "",
               "CPU 上的杠杆（测试逐一把它们与普通路径对照）：", "",
