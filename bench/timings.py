@@ -173,7 +173,7 @@ def write_page(info):
               "（表中 `basic`、`basic-fixed` 的各行都用它）。`UNet2DModel` 不要用它：把整个模型转成 channels_last，GroupNorm 就落到 PyTorch 的 NHWC 内核上"
               "（上表两行 GroupNorm 的“原写法”一列：NHWC 内核比 NCHW 内核慢得多）；它的采样在上面的 `fast_inference` 里只在块内用 NHWC，GroupNorm 换成 `group_norm`。",
               "- **bf16**（可选，`precision=\"bf16\"`、`--precision bf16`，表中 “bf16 opt-in” 各行）。这台 CPU 有 AVX512-BF16 指令，"
-              "`BasicUNet` 的卷积和 `UNet2DModel` 的采样都明显变快；`UNet2DModel` 的训练加上 bf16 反而不如只分半批（时间花在注意力和 GroupNorm 上，它们在 bf16 下并不更快）。"
+              "`BasicUNet` 的卷积和 `UNet2DModel` 的采样都明显变快；`UNet2DModel` 的训练加上 bf16 并不比只分半批更快（表中 `train unet2d` 的两行）。"
               "本书第 5 章发布的 `basic-fixed` 就是在这台 2 核 CPU 上用 bf16 训练的（不到半小时）。"
               + bf16_sentence(), ""]
     with open(os.path.join(ROOT, "book", "timings.md"), "w", encoding="utf-8") as f:
