@@ -4,10 +4,10 @@ reports medians and ratios, writes JSON.
 
     python bench/bench.py [--quick] [--device cpu|cuda] [--json bench/results/cpu.json]
 
---quick (under a minute on a 2-core CPU) times 1-3 steps with no warm-up: a smoke run whose ratios
+--quick (under a minute on a 2-core CPU) times 1-3 steps with no warm-up, 2 repeats: a smoke run whose ratios
 are noisy; book/timings.md shows the full run (5 repeats).
-Memory: one extra, untimed run of each, how far memory rose above its level at the start
-(CUDA: allocated by torch; CPU: the process's resident set, Linux only, else null).
+Memory: how far memory rose above its level at the start of one run of each (CUDA: allocated by
+torch; CPU: the process's resident set, Linux only, else null); see ``measure``.
 """
 import argparse
 import copy
@@ -132,22 +132,31 @@ def mib(x):
     return None if x is None else round(x, 1)
 
 
-def alternate(fns, repeats):
+def alternate(fns, repeats, device=None):
     """Run the functions in turn, `repeats` rounds, each round starting one function later (no
-    function always runs right after the same one); the median of each."""
-    times = [[] for _ in fns]
+    function always runs right after the same one); the median of each. Given a device, the last
+    round also measures each function's memory (``peak_extra_mib``): returns (medians, memory)."""
+    times, memory = [[] for _ in fns], [None] * len(fns)
     for r in range(repeats):
         for i in range(len(fns)):
             j = (i + r) % len(fns)
-            times[j].append(fns[j]())
-    return [statistics.median(ts) for ts in times]
+            if device is not None and r == repeats - 1:
+                value, memory[j] = peak_extra_mib(fns[j], device)
+            else:
+                value = fns[j]()
+            times[j].append(value)
+    medians = [statistics.median(ts) for ts in times]
+    return medians if device is None else (medians, memory)
 
 
-def peaks(fns, device):
-    """One more, untimed run of each function for its memory: handing the freed heap back
-    before a run (``peak_reset``) makes its first steps fault pages in, ~15 % slower for a
-    10-step sampling run, so the timed runs above do not do it."""
-    return [peak_extra_mib(fn, device)[1] for fn in fns]
+def measure(fns, repeats, device, quick):
+    """Medians of the alternated runs, and each function's memory from one more, untimed run:
+    handing the freed heap back before a run (``peak_reset``) makes its first steps fault pages
+    in, ~15 % slower for a 10-step sampling run, so a full run times none of those. --quick, a
+    smoke run, takes the memory from its last timed round instead (one run fewer each)."""
+    if quick:
+        return alternate(fns, repeats, device)
+    return alternate(fns, repeats), [peak_extra_mib(fn, device)[1] for fn in fns]
 
 
 def main(argv=None):
@@ -162,7 +171,7 @@ def main(argv=None):
     if gpu:
         torch.backends.cudnn.benchmark = True
     images = dl.load_mnist("train", source="embedded").images.to(device)
-    repeats = 3 if args.quick else 5
+    repeats = 2 if args.quick else 5
     rows = []
     for name in args.models.split(","):
         if gpu:
@@ -182,8 +191,7 @@ def main(argv=None):
             sample_kw = {"": cl, ", bf16 opt-in": dict(precision="bf16", **cl)}
         fns = [lambda: plain_train(name, images, device, steps)]
         fns += [lambda kw=kw: lib_train(name, images, device, steps, kw) for kw in variants.values()]
-        plain, *ours = alternate(fns, repeats)
-        plain_mib, *ours_mib = peaks(fns, device)
+        (plain, *ours), (plain_mib, *ours_mib) = measure(fns, repeats, device, args.quick)
         for (suffix, kw), o, o_mib in zip(variants.items(), ours, ours_mib):
             rows.append({"what": f"train {name}{suffix}", "unit": "images/s", "plain": round(plain, 1),
                          "ddpm_lib": round(o, 1), "ratio": round(o / plain, 2),
@@ -205,8 +213,7 @@ def main(argv=None):
             lib_sample(model, n, 2, device, kw)
         fns = [lambda: pipeline_sample(pipe_model, n, sample_steps, device)]
         fns += [lambda kw=kw: lib_sample(model, n, sample_steps, device, kw) for kw in sample_kw.values()]
-        plain_s, *ours_s = alternate(fns, repeats)
-        plain_mib, *ours_mib = peaks(fns, device)
+        (plain_s, *ours_s), (plain_mib, *ours_mib) = measure(fns, repeats, device, args.quick)
         scale = 1000 / sample_steps
         label = name if name != "basic" else "basic-fixed"
         for (suffix, kw), o, o_mib in zip(sample_kw.items(), ours_s, ours_mib):

@@ -2,7 +2,7 @@
 # The GPU rows of the benchmark, as one prepared run for a lent GPU (about 15 minutes of device
 # time, start-up included): the CUDA tests first (the CUDA-graph sampler against the eager loop),
 # then `bench/bench.py --device cuda --quick` (30 timed training steps after 20 warm-up steps,
-# 200 timed sampling steps, 3 alternated repeats), then the full run if the cap allows.
+# 200 timed sampling steps, 2 alternated repeats), then the full run if the cap allows.
 # Usage: bench/gpu_bench.sh OUT   (writes OUT/bench_gpu_quick.json, OUT/bench_gpu.json, OUT/*.log)
 # The device image has torch but not diffusers/mlxtend: their wheels travel in .gpuwheels/.
 set -u -o pipefail

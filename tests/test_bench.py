@@ -21,6 +21,8 @@ def test_alternate_rotates_the_order_and_takes_medians():
     medians = bench.alternate([make("a", [3, 1, 2]), make("b", [10, 30, 20])], repeats=3)
     assert medians == [2, 20]
     assert calls == ["a", "b", "b", "a", "a", "b"]  # round r starts with function r mod n
+    medians, memory = bench.alternate([make("a", [1, 2]), make("b", [3, 4])], repeats=2, device=torch.device("cpu"))
+    assert medians == [1.5, 3.5] and all(m is not None and m >= 0 for m in memory)  # the last round measured
 
 
 def test_peak_memory_of_one_run():
@@ -40,7 +42,7 @@ def test_quick_cpu_run_writes_the_table(tmp_path):
     subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench.py"), "--quick", "--models", "basic",
                     "--json", str(out)], check=True, cwd=ROOT, capture_output=True, timeout=600)
     info = json.loads(out.read_text())
-    assert info["quick"] is True and info["repeats"] == 3 and info["device"].startswith("cpu")
+    assert info["quick"] is True and info["repeats"] == 2 and info["device"].startswith("cpu")
     whats = [r["what"] for r in info["rows"]]
     assert whats == ["train basic", "train basic, bf16 opt-in", "sample basic-fixed (64 images, 1000 steps)",
                      "sample basic-fixed (64 images, 1000 steps), bf16 opt-in"]
