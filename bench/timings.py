@@ -151,7 +151,7 @@ def write_page(info):
               "CPU 上的杠杆（测试逐一把它们与普通路径对照）：", "",
               "- **把一批分成两半、两个线程各占一半的核**（`ddpm_lib/fastpaths.py` 的 `split_batch`）。"
               "`UNet2DModel` 在 14×14、7×7 上的算子太小，一个算子用不满两个核；两半批次互相独立，各占一个核就都忙起来了。"
-              "采样默认打开（`sample(fast=True)`）；训练可选（`train(split_batch=True)`、`--split-batch`），"
+              "采样在每批 32 张及以上时默认打开（`sample(fast=True)`；更小的批次里，一个批次用上全部的核反而更快，测量值见 `ddpm_lib/sampling.py` 中 `SPLIT_MIN_BATCH` 的注释）；训练可选（`train(split_batch=True)`、`--split-batch`），"
               "两半的梯度相加，与整批的梯度只差浮点舍入。表中 `train unet2d` 一行用的就是它。",
               "- **更省的层**（`fastpaths.fast_inference`，CPU 上每批 4 张及以上的采样自动使用；更小的批次里，它多出的小运算与省下的差不多；训练不用）。在 `with` 块内把模型的几个层换成同一数学的更省写法，"
               "块结束后换回：注意力（`ChannelFirstAttnProcessor`：$q,k,v$ 由一次矩阵乘法算出，每个头多一行“全 1”（权重 0、偏置 1），"

@@ -219,6 +219,20 @@ def test_fast_inference_swaps_layers_and_restores_them():
     assert (got - want).abs().max().item() < 1e-4
 
 
+def test_cpu_fast_sampler_splits_large_batches_and_matches_the_plain_loop(monkeypatch):
+    calls = []
+    split = dl.fastpaths.split_batch
+    monkeypatch.setattr(dl.fastpaths, "split_batch", lambda *a, **k: calls.append(1) or split(*a, **k))
+    s = dl.NoiseSchedule.linear(num_timesteps=3)
+    model = dl.pretrained("unet2d")
+    for B, splits in ((dl.sampling.SPLIT_MIN_BATCH - 1, 0), (dl.sampling.SPLIT_MIN_BATCH, 3)):
+        calls.clear()
+        out = [dl.sample(model, s, (B, 1, 28, 28), generator=torch.Generator().manual_seed(0), progress=False,
+                         fast=fast) for fast in (True, False)]
+        assert len(calls) == (splits if torch.get_num_threads() >= 2 else 0)  # one per step when split
+        assert (out[0] - out[1]).abs().max().item() < 1e-4
+
+
 def test_cpu_fast_sampler_matches_the_plain_loop():
     s = dl.NoiseSchedule.linear(num_timesteps=20)
     for name in ("unet2d", "basic-fixed"):
