@@ -4,8 +4,8 @@ reports medians and ratios, writes JSON.
 
     python bench/bench.py [--quick] [--device cpu|cuda] [--json bench/results/cpu.json]
 
---quick (under a minute on a 2-core CPU) times 1-3 steps with no warm-up, 2 repeats: a smoke run whose ratios
-are noisy; book/timings.md shows the full run (5 repeats).
+--quick (under a minute on a 2-core CPU) times 1-3 steps with no warm-up, 2 repeats: a smoke run
+whose ratios are noisy; book/timings.md shows the full run (5 repeats).
 Memory: how far memory rose above its level at the start of one run of each (CUDA: allocated by
 torch; CPU: the process's resident set, Linux only, else null); see ``measure``.
 """

@@ -7,9 +7,9 @@ from . import fastpaths
 from .models import as_denoiser, model_in_channels
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt}"  # no rate/ETA: stable text
-# Below this batch, two half-batch threads are slower than one batch on all cores (UNet2DModel under
-# fast_inference, 2 cores, ms/step: split vs not 26.7/23.3 at 2 images, 70.5/49.9 at 8, 95.8/83.6 at
-# 16, 177.5/182.2 at 32, 320.2/327.5 at 64).
+# Below this batch, two half-batch threads are slower than one batch on all cores. UNet2DModel on
+# 2 cores, ms/step, split vs one batch (from 4 images both under fast_inference): 26.7/23.3 at 2
+# images, 70.5/49.9 at 8, 95.8/83.6 at 16, 177.5/182.2 at 32, 320.2/327.5 at 64.
 SPLIT_MIN_BATCH = 32
 
 
@@ -36,12 +36,12 @@ def sample(model, schedule, shape, generator=None, progress=True, return_traject
     shape: (B, C, H, W); generator: a torch.Generator (its device draws the noise).
     fast: on CUDA, replay the model's forward pass as one CUDA graph per step (the loop is
     launch-bound there; the noise is drawn up front in the same order); on a CPU with two or
-    more threads and batches of ``SPLIT_MIN_BATCH`` (32) or more, run the two halves of the batch
-    on two threads, half the cores each; and for
-    batches of 4 or more, run the model under ``fastpaths.fast_inference`` (cheaper attention,
-    output conv, upsampling and in-place blocks, and NHWC activations inside a UNet2DModel;
-    below 4 images their extra small operations cost about what they save). Either way the
-    result equals the plain loop's to float rounding (tested).
+    more threads and batches of ``SPLIT_MIN_BATCH`` (32) or more, run the two halves of the
+    batch on two threads, half the cores each; and for batches of 4 or more, run the model
+    under ``fastpaths.fast_inference`` (cheaper attention, output conv, upsampling and in-place
+    blocks, and NHWC activations inside a UNet2DModel; below 4 images their extra small
+    operations cost about what they save). Either way the result equals the plain loop's to
+    float rounding (tested).
     precision: "fp32" (default) or "bf16" (the model runs under bf16 autocast, opt-in: faster on
     CPUs with bf16 instructions; samples differ from fp32 by the tolerance the book states).
     channels_last: convert the model's memory format in place (faster for BasicUNet's 5x5
