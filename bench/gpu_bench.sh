@@ -15,9 +15,9 @@ DEVICE=${DEVICE:-cuda}  # DEVICE=cpu: a smoke run of this script on a machine wi
 $PY -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'cuda', torch.cuda.is_available())"
 start=$(date +%s)
 $PY -m pytest -q -p no:cacheprovider tests/test_fast_paths.py -k cuda -rs 2>&1 | tail -3 | tee "$OUT/cuda_tests.log"
-timeout "${QUICK_CAP:-240}" $PY bench/bench.py --device "$DEVICE" --quick --json "$OUT/bench_gpu_quick.json" 2>&1 \
+timeout "${QUICK_CAP:-300}" $PY bench/bench.py --device "$DEVICE" --quick --json "$OUT/bench_gpu_quick.json" 2>&1 \
   | tail -12 | tee "$OUT/bench_quick.log"
 echo "quick run done after $(( $(date +%s) - start )) s"
-timeout "${FULL_CAP:-300}" $PY bench/bench.py --device "$DEVICE" --json "$OUT/bench_gpu.json" 2>&1 \
+timeout "${FULL_CAP:-240}" $PY bench/bench.py --device "$DEVICE" --json "$OUT/bench_gpu.json" 2>&1 \
   | tail -12 | tee "$OUT/bench_full.log" || echo "full run stopped by its cap (FULL_CAP)"
 echo "all done after $(( $(date +%s) - start )) s"
