@@ -54,8 +54,7 @@ def measure():
                        resources={"metadata": {"path": os.path.dirname(path)}}).execute()
         seconds = round(time.perf_counter() - t0, 1)
         # cell: the index in nb.cells (markdown cells included), as tests/test_book_text.py reads it
-        cells = [{"cell": i, "seconds": cell_seconds(c), "first_line": c.source.splitlines()[0] if c.source else ""}
-                 for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        cells = [{"cell": i, "seconds": cell_seconds(c)} for i, c in enumerate(nb.cells) if c.cell_type == "code"]
         rows.append({"notebook": os.path.basename(path), "title": title, "seconds": seconds, "cells": cells})
         print(f"{rows[-1]['notebook']:28s} {rows[-1]['seconds']:7.1f} s", flush=True)
     info = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "cuda": torch.cuda.is_available(),
