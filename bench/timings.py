@@ -36,7 +36,7 @@ def cell_label(source):
     if lines and lines[0].startswith("# 本章用到的全部设置"):
         return "本章的设置与导入"
     work = [ln for ln in lines if not ln.startswith(("#", "torch.manual_seed(", "import ", "from "))]
-    line = (work or lines or [""])[0]
+    line = (work or lines or [""])[0].split("  # ")[0]  # without an inline comment
     return "`" + (line if len(line) <= 60 else line[:57] + "...") + "`"
 
 
@@ -101,7 +101,8 @@ def layers_table():
     return lines + [""]
 
 
-def write_page(info):
+def render_page(info):
+    """The text of book/timings.md from the saved numbers, the notebooks and the benchmark files."""
     rows = info["rows"]
     total = sum(r["seconds"] for r in rows)
     lines = [
@@ -163,7 +164,7 @@ def write_page(info):
               "含 GroupNorm 的模型（`UNet2DModel`）在块内还整体改用 NHWC（channels_last）布局：oneDNN 的卷积内部用分块布局，"
               "NCHW 的激活每次卷积前后都要重排一次（下表“NCHW -> NHWC”两行是单个卷积省下的部分）；卷积的权重换成 channels_last 的副本后（`conv_channels_last`，"
               "模型自己的权重不动），卷积直接读写 NHWC，这些重排就没有了。PyTorch 对 NHWC 的 GroupNorm 在 CPU 上比 NCHW 慢好几倍，"
-              "所以 `group_norm` 用逐通道的 $\sum x$、$\sum x^2$ 求组均值和方差（PyTorch 自己的 NHWC 内核也是这么算的），再用一次 `addcmul` 完成仿射（它仍比 NCHW 的 GroupNorm 慢，见下表，但省下的重排更多）；"
+              "所以 `group_norm` 用逐通道的 $\\sum x$、$\\sum x^2$ 求组均值和方差（PyTorch 自己的 NHWC 内核也是这么算的），再用一次 `addcmul` 完成仿射（它仍比 NCHW 的 GroupNorm 慢，见下表，但省下的重排更多）；"
               "注意力把 NHWC 的输入直接当作 (B, HW, C) 的行来读，输出也是 NHWC。"
               "下表是 `bench/layers.py` 在一个线程、32 张图（一个采样线程的份额）、发布权重上逐层对照的结果：", ""]
     lines += layers_table()
@@ -175,9 +176,13 @@ def write_page(info):
               "`BasicUNet` 的卷积和 `UNet2DModel` 的采样都明显变快；`UNet2DModel` 的训练加上 bf16 并不比只分半批更快（表中 `train unet2d` 的两行）。"
               "本书第 5 章发布的 `basic-fixed` 就是在这台 2 核 CPU 上用 bf16 训练的（不到半小时）。"
               + bf16_sentence(), ""]
+    return "\n".join(lines)
+
+
+def write_page(info):
     with open(os.path.join(ROOT, "book", "timings.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    print(f"total {total:.1f} s -> book/timings.md")
+        f.write(render_page(info))
+    print(f"total {sum(r['seconds'] for r in info['rows']):.1f} s -> book/timings.md")
 
 
 if __name__ == "__main__":

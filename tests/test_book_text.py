@@ -78,3 +78,14 @@ def test_quoted_cpu_training_throughput_matches_the_benchmark():
     assert m, "chapter 6, exercise 1 no longer quotes the unet2d training throughput"
     for quoted, bench_value in zip(map(float, m.groups()), (row["plain"], row["ddpm_lib"])):
         assert abs(quoted - bench_value) <= 0.1 * bench_value, (quoted, bench_value)
+
+
+def test_the_timings_page_is_up_to_date():
+    # book/timings.md is generated; an edited notebook or a new benchmark file must be followed by
+    # `python bench/timings.py --page-only` (its slow-cell table labels cells by their source)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("timings", os.path.join(ROOT, "bench", "timings.py"))
+    timings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(timings)
+    page = open(os.path.join(ROOT, "book", "timings.md"), encoding="utf-8").read()
+    assert page == timings.render_page(TIMINGS), "book/timings.md is stale: run `python bench/timings.py --page-only`"
