@@ -139,8 +139,10 @@ def render_page(info):
               "内存一列是计时之后每个函数再单独运行一次时，内存比运行开始时多占用的峰值："
               "CPU 上是进程的常驻内存（Linux 的 VmHWM，开始前归零，减去开始时的 VmRSS），GPU 上是 PyTorch 分配的显存；"
               "它包括这次运行自己建的模型、优化器状态和激活。", ""]
-    for name, label in (("bench_cpu.json", "CPU"), ("bench_gpu_h200.json", "GPU")):
-        path = os.path.join(ROOT, "bench", "results", name)
+    results = os.path.join(ROOT, "bench", "results")  # every bench_gpu*.json a GPU run left there
+    gpu = sorted(os.path.basename(p) for p in glob.glob(os.path.join(results, "bench_gpu*.json")))
+    for name, label in [("bench_cpu.json", "CPU")] + [(g, "GPU") for g in gpu]:
+        path = os.path.join(results, name)
         if os.path.isfile(path):
             lines += [f"### {label}", ""] + bench_table(path)
             if label == "GPU" and not any("batch 2048" in r["what"] for r in json.load(open(path))["rows"]):
