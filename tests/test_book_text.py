@@ -3,7 +3,8 @@
 `make timings` saves each notebook's and each code cell's time in
 bench/results/notebook_timings.json (and shows them on book/timings.md); `make bench` saves
 bench/results/bench_cpu.json. The prose quotes them by hand, so a re-measurement or an edit
-can leave a stale number behind: these tests catch that.
+can leave a stale number behind: these tests catch that, and that book/timings.md is what the
+saved numbers give now.
 Conventions the chapters follow: "约 N 秒" in a markdown cell is the time of the next code cell;
 "本章…约 N 分钟" is the whole notebook.
 """
