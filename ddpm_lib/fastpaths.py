@@ -18,6 +18,7 @@ import contextlib
 import functools
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -346,17 +347,31 @@ def _conv_cl_ok(m):
 
 @contextlib.contextmanager
 def threads_per_part(parts=2):
-    """Intra-op threads divided among the parts (2 cores: one each); restored afterwards."""
+    """Intra-op threads divided among the parts (2 cores: one each); restored afterwards.
+
+    Inside the block, ``split_batch`` runs its other parts on ``parts - 1`` worker threads kept
+    for the whole block. A fresh thread per call rebuilds its per-thread state (oneDNN's
+    scratchpad, the allocator's arena) every step: on 2 cores, UNet2DModel with 2 x 32 images
+    took 298 ms a step that way against 277 ms with a kept thread (20,700 vs 9,000 page faults).
+    """
     n = torch.get_num_threads()
     torch.set_num_threads(max(1, n // parts))
+    outer = getattr(_local, "pool", None)
+    _local.pool = pool = ThreadPoolExecutor(max(1, parts - 1), thread_name_prefix="ddpm_lib-part")
     try:
         yield
     finally:
+        pool.shutdown()
+        _local.pool = outer
         torch.set_num_threads(n)
 
 
+_local = threading.local()  # the worker threads of the caller's innermost threads_per_part block
+
+
 def split_batch(fn, *tensors, parts=2):
-    """Return [fn(*halves_0), fn(*halves_1), ...]: each part of the batch on its own thread.
+    """Return [fn(*halves_0), fn(*halves_1), ...]: part 0 on the caller's thread, the others on
+    worker threads (those of the enclosing ``threads_per_part()`` block, else fresh ones).
 
     Thread-local state (grad mode, inference mode, autocast) is copied into each thread.
     Call inside ``threads_per_part()`` so the parts do not fight over the intra-op pool.
@@ -376,12 +391,12 @@ def split_batch(fn, *tensors, parts=2):
                 out[i] = fn(*chunks[i])
         except BaseException as e:  # re-raised in the caller's thread
             errors.append(e)
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(1, parts)]
-    for th in threads:
-        th.start()
-    work(0)
-    for th in threads:
-        th.join()
+    pool = getattr(_local, "pool", None)
+    with contextlib.nullcontext(pool) if pool is not None else ThreadPoolExecutor(max(1, parts - 1)) as workers:
+        futures = [workers.submit(work, i) for i in range(1, parts)]
+        work(0)
+        for f in futures:
+            f.result()
     if errors:
         raise errors[0]
     return out

@@ -1,5 +1,6 @@
 """Fast paths never change results beyond a stated tolerance."""
 import copy
+import threading
 
 import pytest
 import torch
@@ -279,6 +280,24 @@ def test_split_batch_returns_each_part_and_reraises():
         return v
     with pytest.raises(RuntimeError, match="second half failed"):
         split_batch(boom, x)
+
+
+def test_split_batch_keeps_one_worker_thread_per_threads_per_part_block():
+    from ddpm_lib.fastpaths import split_batch, threads_per_part
+    x = torch.arange(4.0)
+    n = torch.get_num_threads()
+    seen = threading.local()  # a fresh thread starts at 0 calls; a kept one counts on
+
+    def who(v):
+        seen.calls = getattr(seen, "calls", 0) + 1
+        return threading.current_thread() is threading.main_thread(), seen.calls, torch.get_num_threads()
+    with threads_per_part():
+        calls = [split_batch(who, x) for _ in range(3)]
+    assert [c[1][:2] for c in calls] == [(False, 1), (False, 2), (False, 3)]  # one kept worker
+    assert all(c[0][0] and c[1][2] == max(1, n // 2) for c in calls)  # each with its share of threads
+    assert torch.get_num_threads() == n
+    assert not any(th.name.startswith("ddpm_lib-part") for th in threading.enumerate())  # shut down
+    assert split_batch(who, x)[1][1] == 1  # outside a block: a fresh thread
 
 
 def test_split_batch_needs_two_images():
