@@ -43,6 +43,7 @@ timings: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py --json bench/results/bench_cpu.json
+	$(BIN)/python bench/profile_cpu.py
 	$(BIN)/python bench/timings.py --page-only
 
 clean:

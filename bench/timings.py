@@ -154,7 +154,9 @@ def render_page(info):
               "- **把一批分成两半、两个线程各占一半的核**（`ddpm_lib/fastpaths.py` 的 `split_batch`）。"
               "`UNet2DModel` 在 14×14、7×7 上的算子太小，一个算子用不满两个核；两半批次互相独立，各占一个核就都忙起来了。"
               "采样在每批 32 张及以上时默认打开（`sample(fast=True)`；更小的批次里，一个批次用上全部的核反而更快，测量值见 `ddpm_lib/sampling.py` 中 `SPLIT_MIN_BATCH` 的注释）；训练可选（`train(split_batch=True)`、`--split-batch`），"
-              "两半的梯度相加，与整批的梯度只差浮点舍入。表中 `train unet2d` 一行用的就是它。",
+              "两半的梯度相加，与整批的梯度只差浮点舍入。表中 `train unet2d` 一行用的就是它。"
+              "另一半所在的工作线程在整次采样或训练（`threads_per_part` 块）里只建一次：每步新建线程，oneDNN 的临时缓冲和内存分配器的 arena 每步都要重建，"
+              "64 张图的 `UNet2DModel` 采样每步 297 ms，保留线程后 290 ms（同一进程交替 4 次的中位数）。",
               "- **更省的层**（`fastpaths.fast_inference`，CPU 上每批 4 张及以上的采样自动使用；更小的批次里，它多出的小运算与省下的差不多；训练不用）。在 `with` 块内把模型的几个层换成同一数学的更省写法，"
               "块结束后换回：注意力（`ChannelFirstAttnProcessor`：$q,k,v$ 由一次矩阵乘法算出，每个头多一行“全 1”（权重 0、偏置 1），"
               "softmax 的分母就在 $PV$ 那次矩阵乘法里顺带算出；softmax 写成 $2^{z\\log_2 e}/\\sum$，$\\log_2 e/\\sqrt{d}$ 并入 $q$ 的权重，"
@@ -178,7 +180,41 @@ def render_page(info):
               "`BasicUNet` 的卷积和 `UNet2DModel` 的采样都明显变快；`UNet2DModel` 的训练加上 bf16 并不比只分半批更快（表中 `train unet2d` 的两行）。"
               "本书第 5 章发布的 `basic-fixed` 就是在这台 2 核 CPU 上用 bf16 训练的（不到半小时）。"
               + bf16_sentence(), ""]
+    lines += profile_section(os.path.join(results, "bench_cpu.json"))
     return "\n".join(lines)
+
+
+def profile_section(bench_path):
+    """Where one UNet2DModel sampling step's time goes (bench/results/profile_cpu.json)."""
+    path = os.path.join(ROOT, "bench", "results", "profile_cpu.json")
+    if not os.path.isfile(path):
+        return []
+    p = json.load(open(path, encoding="utf-8"))
+    ms, total = p["ms_per_forward"], p["profiled_ms"]
+    gap = 100 * abs(p["two_threads_2x32_ms"] / p["one_thread_32_ms"] - 1)
+    labels = {"conv": "卷积（oneDNN，含上采样的转置卷积）",
+              "matmul": "矩阵乘（注意力的 $q,k,v$、$QK^\\top$、$PV$ 与输出投影，时间嵌入，最后一层卷积的 GEMM）",
+              "exp2": "`exp2`（注意力的 softmax）",
+              "other": "其余（GroupNorm、SiLU、加法、拼接、复制等逐元素运算与归约）"}
+    lines = ["### `UNet2DModel` 采样的一步，时间花在哪里", "",
+             f"`bench/profile_cpu.py` 用 `torch.profiler` 拆开一次前向：{p['batch']} 张图、一个线程、全部快速路径打开，"
+             "也就是一个采样线程每步的工作；按算子的自身时间分类。"
+             f"测量设备：{p['device']}，PyTorch {p['torch']}。", "",
+             f"| 类别 | 毫秒/次前向 | 占比（剖析总计 {total} ms） |", "|---|---:|---:|"]
+    lines += [f"| {labels[k]} | {v} | {100 * v / total:.0f}% |" for k, v in ms.items()]
+    lines += ["", f"这些卷积共 {p['conv_gflop']} GFLOP，以 {p['conv_gflops']} GFLOP/s 运行；同一个线程上一次 2048×2048 的 fp32 矩阵乘是 "
+              f"{p['gemm_2048_gflops']} GFLOP/s：卷积不比大矩阵乘慢，已在这颗核 fp32 算力的极限附近，能省的只在后三行。"
+              f"两个线程各算 {p['batch']} 张（采样实际的做法）每步 {p['two_threads_2x32_ms']} ms，"
+              f"一个线程单独算 {p['batch']} 张 {p['one_thread_32_ms']} ms（交替 5 轮的中位数），"
+              f"二者相差 {gap:.1f}%" + ("：两个线程几乎互不拖累。" if gap < 5 else "。")]
+    b = json.load(open(bench_path, encoding="utf-8")) if os.path.isfile(bench_path) else {"rows": []}
+    plain = [r["plain"] for r in b["rows"] if r["what"].startswith("sample unet2d") and "bf16" not in r["what"]]
+    if plain:
+        step = plain[0]  # seconds per 1000 steps = milliseconds per step
+        lines[-1] += (f"基准表中朴素写法的采样每步 {step} ms（1000 步 {step} 秒），与这里的 {p['two_threads_2x32_ms']} ms 相比是 "
+                      f"{step / p['two_threads_2x32_ms']:.2f} 倍（两次不同的运行）："
+                      "fp32 下 `UNet2DModel` 采样的倍数停在 1.5 倍上下，再快就要换精度（表中 bf16 一行）。")
+    return lines + [""]
 
 
 def write_page(info):

@@ -53,3 +53,19 @@ def test_quick_cpu_run_writes_the_table(tmp_path):
         expected = r["ddpm_lib"] / r["plain"] if r["unit"] == "images/s" else r["plain"] / r["ddpm_lib"]
         assert abs(r["ratio"] - expected) <= 0.02 * expected + 0.01
     assert info["rows"][0]["ddpm_lib_settings"] == {"batch_size": 128, "channels_last": True}
+
+
+def test_profile_counts_the_convolutions_multiply_adds():
+    import profile_cpu
+    from diffusers.models.upsampling import Upsample2D
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 8, 3, padding=1)  # 2 x (2*8*5*5 outputs) x (9*4) = 28,800
+            self.up = Upsample2D(8, use_conv=True)  # 2 x (2*8*10*10 outputs) x (4 taps * 8) = 102,400
+            self.out = torch.nn.Conv2d(8, 1, 3, padding=1)  # one output channel: a GEMM, not counted
+
+        def forward(self, x, t):
+            return self.out(self.up(self.conv(x)))
+    assert profile_cpu.conv_flops(Net(), torch.randn(2, 4, 5, 5), None) == 28_800 + 102_400
