@@ -4,7 +4,8 @@
 # then `bench/bench.py --device cuda --quick` (30 timed training steps after 20 warm-up steps,
 # 200 timed sampling steps, 2 alternated repeats), then the full run if the cap allows.
 # Usage: bench/gpu_bench.sh OUT   (writes OUT/bench_gpu_quick.json, OUT/bench_gpu.json, OUT/*.log)
-# The device image has torch but not diffusers/mlxtend: their wheels travel in .gpuwheels/.
+# The device image has torch but not diffusers/mlxtend: their wheels travel in .gpuwheels/, made with
+#   pip download --no-deps -d .gpuwheels diffusers==0.42.1 mlxtend==0.25.0 importlib_metadata
 set -u -o pipefail
 OUT=$1
 mkdir -p "$OUT"
