@@ -198,7 +198,7 @@ def profile_section(bench_path):
               "exp2": "`exp2`（注意力的 softmax）",
               "other": "其余（GroupNorm、SiLU、加法、拼接、复制等逐元素运算与归约）"}
     lines = ["### `UNet2DModel` 采样的一步，时间花在哪里", "",
-             f"`bench/profile_cpu.py` 用 `torch.profiler` 拆开一次前向：{p['batch']} 张图、一个线程、全部快速路径打开，"
+             f"`bench/profile_cpu.py`（`make bench` 也运行它）用 `torch.profiler` 拆开一次前向：{p['batch']} 张图、一个线程、全部快速路径打开，"
              "也就是一个采样线程每步的工作；按算子的自身时间分类。"
              f"测量设备：{p['device']}，PyTorch {p['torch']}。", "",
              f"| 类别 | 毫秒/次前向 | 占比（剖析总计 {total} ms） |", "|---|---:|---:|"]
