@@ -40,8 +40,9 @@ def sample(model, schedule, shape, generator=None, progress=True, return_traject
     batch on two threads, half the cores each; and for batches of 4 or more, run the model
     under ``fastpaths.fast_inference`` (cheaper attention, output conv, upsampling and in-place
     blocks, and NHWC activations inside a UNet2DModel; below 4 images their extra small
-    operations cost about what they save). Either way the result equals the plain loop's to
-    float rounding (tested).
+    operations cost about what they save); on CPU in fp32, replay the book's models
+    (``fastpaths.traceable``) as a TorchScript trace made on the first step (``fastpaths.traced``).
+    Either way the result equals the plain loop's to float rounding (tested).
     precision: "fp32" (default) or "bf16" (the model runs under bf16 autocast, opt-in: faster on
     CPUs with bf16 instructions; samples differ from fp32 by the tolerance the book states).
     channels_last: convert the model's memory format in place (faster for BasicUNet's 5x5
@@ -87,11 +88,14 @@ def sample(model, schedule, shape, generator=None, progress=True, return_traject
     use_split = (fast and device.type == "cpu" and isinstance(model, torch.nn.Module) and B >= SPLIT_MIN_BATCH
                  and torch.get_num_threads() >= 2)
     use_layers = fast and device.type == "cpu" and isinstance(model, torch.nn.Module) and B >= 4
+    use_trace = fast and device.type == "cpu" and isinstance(model, torch.nn.Module) and precision == "fp32"
     if precision == "bf16":
         eps_fn = _autocast_bf16(eps_fn, device)
     with contextlib.ExitStack() as stack:
         if use_layers:
             stack.enter_context(fastpaths.fast_inference(model))
+        if use_trace and fastpaths.traceable(model):
+            eps_fn = fastpaths.traced(model, eps_fn)
         if use_split:
             stack.enter_context(fastpaths.threads_per_part())
             eps_fn = _split(eps_fn)

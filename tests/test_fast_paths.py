@@ -351,3 +351,60 @@ def test_fast_inference_on_other_unet2d_configurations():
             with fast_inference(model):
                 got = model(x, t).sample
         assert (got - want).abs().max().item() < 1e-4 * want.abs().max().item(), kw
+
+
+def test_traced_sampler_traces_once_per_shape_and_equals_the_eager_fast_path(monkeypatch):
+    traces = []
+    trace = torch.jit.trace
+    monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: traces.append(a[1][0].shape) or trace(*a, **k))
+    s = dl.NoiseSchedule.linear(num_timesteps=4)
+    for name in ("unet2d", "basic-fixed"):
+        model = dl.pretrained(name)
+        for B in (1, 6):
+            traces.clear()
+            got = dl.sample(model, s, (B, 1, 28, 28), generator=torch.Generator().manual_seed(0), progress=False)
+            assert traces == [(B, 1, 28, 28)], (name, B)  # one trace, replayed for the other 3 steps
+            with monkeypatch.context() as m:
+                m.setattr(dl.fastpaths, "traced", lambda model, eps_fn: eps_fn)
+                want = dl.sample(model, s, (B, 1, 28, 28), generator=torch.Generator().manual_seed(0),
+                                 progress=False)
+            assert torch.equal(got, want), (name, B)  # same operations in the same order
+
+
+def test_traced_runs_a_call_again_eagerly_when_attention_needs_the_max_subtracted():
+    from diffusers.models.attention_processor import Attention
+    from ddpm_lib.fastpaths import ChannelFirstAttnProcessor, traced
+    torch.manual_seed(0)
+    attn = Attention(64, heads=8, dim_head=8, residual_connection=True, bias=True,
+                     _from_deprecated_attn_block=True).eval()  # no GroupNorm: q and k scale with x
+    attn.set_processor(ChannelFirstAttnProcessor())
+    eps_fn = lambda x, t: attn(x) * t.view(-1, 1, 1, 1)  # noqa: E731
+    x, t = torch.randn(2, 64, 7, 7), torch.ones(2)
+    with torch.inference_mode():
+        run = traced(attn, eps_fn)
+        assert torch.equal(run(x, t), eps_fn(x, t))  # traced with small scores: no max subtraction
+        for scale in (2.0, 40.0):  # 40 x: scores of 2^128 and more, where exp2 overflows without the max
+            want, got = eps_fn(scale * x, t), run(scale * x, t)
+            assert torch.isfinite(got).all() and torch.equal(got, want), scale
+        (graph, shifted), = run.traces.values()  # the trace itself
+        raw, bounds = graph(40.0 * x, t)
+        assert not shifted.any() and (bounds >= dl.fastpaths.SHIFT_BOUND).all() and not torch.isfinite(raw).all()
+
+
+def test_only_the_books_models_are_traced():
+    from ddpm_lib.fastpaths import traceable
+
+    class ByValue(dl.BasicUNetFixed):  # branches on t's value: a trace would fix the branch it saw
+        def forward(self, x, t):
+            return super().forward(x, t) if t[0] >= 2 else torch.zeros_like(x)
+
+    hooked = dl.BasicUNetFixed()
+    hooked.down_layers[0].register_forward_hook(lambda *a: None)
+    assert traceable(dl.BasicUNet()) and traceable(dl.BasicUNetFixed()) and traceable(dl.make_unet2d())
+    assert not traceable(ByValue()) and not traceable(hooked)
+    torch.manual_seed(0)
+    model = ByValue()
+    s = dl.NoiseSchedule.linear(num_timesteps=4)
+    out = dl.sample(model, s, (2, 1, 28, 28), generator=torch.Generator().manual_seed(0), progress=False)
+    want = dl.sample(model, s, (2, 1, 28, 28), generator=torch.Generator().manual_seed(0), progress=False, fast=False)
+    assert torch.equal(out, want)
