@@ -5,7 +5,8 @@ reports medians and ratios, writes JSON.
     python bench/bench.py [--quick] [--device cpu|cuda] [--json bench/results/cpu.json]
 
 --quick (under a minute on a 2-core CPU) times 1-3 steps with no warm-up, 2 repeats: a smoke run
-whose ratios are noisy; book/timings.md shows the full run (5 repeats).
+whose ratios are noisy; book/timings.md shows the full run (5 repeats). A full CPU run gets the
+1000-step sampling time from runs of 2 and 52 steps (``per_1000``).
 Memory: how far memory rose above its level at the start of one run of each (CUDA: allocated by
 torch; CPU: the process's resident set, Linux only, else null); see ``measure``.
 """
@@ -128,6 +129,19 @@ def lib_sample(model, n, steps, device, kw):
     return time.perf_counter() - t0
 
 
+def two_lengths(run, steps):
+    """(seconds for 2 steps, seconds for 2 + steps steps): see ``per_1000``."""
+    return run(2), run(2 + steps)
+
+
+def per_1000(short, long, steps):
+    """Seconds for 1000 steps and the one-off seconds of a call, from the times of a 2-step run and
+    a (2 + steps)-step run: their difference is `steps` steps. ddpm_lib traces the model on the
+    first step of a CPU call (``fastpaths.traced``), a cost paid once per call, not per step."""
+    step = (long - short) / steps
+    return short + 998 * step, short - 2 * step
+
+
 def mib(x):
     return None if x is None else round(x, 1)
 
@@ -145,7 +159,8 @@ def alternate(fns, repeats, device=None):
             else:
                 value = fns[j]()
             times[j].append(value)
-    medians = [statistics.median(ts) for ts in times]
+    medians = [tuple(map(statistics.median, zip(*ts))) if isinstance(ts[0], tuple) else statistics.median(ts)
+               for ts in times]  # a function returning a tuple: the median of each entry
     return medians if device is None else (medians, memory)
 
 
@@ -198,9 +213,12 @@ def main(argv=None):
                          "ddpm_lib_settings": {k: v for k, v in kw.items() if k != "warmup"},
                          "peak_extra_mib": {"plain": mib(plain_mib), "ddpm_lib": mib(o_mib)}})
             print(rows[-1], flush=True)
-        # sampling, 64 images; per-step cost is what differs, so quick/CPU runs time fewer steps
+        # sampling, 64 images. A full CPU run times a 2-step and a (2 + 50)-step run of each: their
+        # difference gives the cost of a step, the short run the one-off cost (per_1000). GPU runs time
+        # whole runs; --quick times 3 steps, one-off cost included, and scales them
         n = 64
-        sample_steps = 1000 if gpu and not args.quick else (200 if gpu else (3 if args.quick else 25))
+        sample_steps = 1000 if gpu and not args.quick else (200 if gpu else (3 if args.quick else 50))
+        fit = not gpu and not args.quick
         torch.manual_seed(0)
         if name == "basic":  # the seed's class has no t input for a pipeline
             pipe_model = _PipelineAdapter(dl.BasicUNetFixed().to(device).eval())
@@ -211,16 +229,28 @@ def main(argv=None):
         pipeline_sample(pipe_model, n, 2, device)  # warm-up
         for kw in sample_kw.values():
             lib_sample(model, n, 2, device, kw)
-        fns = [lambda: pipeline_sample(pipe_model, n, sample_steps, device)]
-        fns += [lambda kw=kw: lib_sample(model, n, sample_steps, device, kw) for kw in sample_kw.values()]
+        runs = [lambda k: pipeline_sample(pipe_model, n, k, device)]
+        runs += [lambda k, kw=kw: lib_sample(model, n, k, device, kw) for kw in sample_kw.values()]
+        if fit:
+            fns = [lambda run=run: two_lengths(run, sample_steps) for run in runs]
+        else:
+            fns = [lambda run=run: run(sample_steps) for run in runs]
         (plain_s, *ours_s), (plain_mib, *ours_mib) = measure(fns, repeats, device, args.quick)
-        scale = 1000 / sample_steps
+        if fit:
+            plain_s, ours_s = per_1000(*plain_s, sample_steps), [per_1000(*o, sample_steps) for o in ours_s]
+            timed = [2, 2 + sample_steps]
+        else:
+            scale = 1000 / sample_steps
+            plain_s, ours_s = (plain_s * scale, None), [(o * scale, None) for o in ours_s]
+            timed = sample_steps
         label = name if name != "basic" else "basic-fixed"
         for (suffix, kw), o, o_mib in zip(sample_kw.items(), ours_s, ours_mib):
             rows.append({"what": f"sample {label} (64 images, 1000 steps){suffix}", "unit": "s",
-                         "plain": round(plain_s * scale, 2), "ddpm_lib": round(o * scale, 2),
-                         "ratio": round(plain_s / o, 2), "ddpm_lib_settings": kw, "timed_steps": sample_steps,
+                         "plain": round(plain_s[0], 2), "ddpm_lib": round(o[0], 2),
+                         "ratio": round(plain_s[0] / o[0], 2), "ddpm_lib_settings": kw, "timed_steps": timed,
                          "peak_extra_mib": {"plain": mib(plain_mib), "ddpm_lib": mib(o_mib)}})
+            if fit:
+                rows[-1]["one_off_s"] = {"plain": round(plain_s[1], 2), "ddpm_lib": round(o[1], 2)}
             print(rows[-1], flush=True)
     info = {"device": torch.cuda.get_device_name(device) if gpu else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
             "torch": torch.__version__, "quick": args.quick, "repeats": repeats,

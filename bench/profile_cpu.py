@@ -1,8 +1,8 @@
 """Where the time of a UNet2DModel sampling step goes on the CPU: one forward of 32 images (the
 share of one sampling thread) on one thread with every fast path on, split by kind of operation
 (torch.profiler, self time); the arithmetic rate of its convolutions against this core's rate on
-one large matrix product; and the step as sampling runs it (2 x 32 images on two threads) against
-one thread alone (alternated, medians). Writes bench/results/profile_cpu.json, which book/timings.md shows.
+one large matrix product; and the step as sampling runs it (2 x 32 images on two threads, eager
+and as the trace ``sample`` replays) against one thread alone (alternated, medians). Writes bench/results/profile_cpu.json, which book/timings.md shows.
 
     python bench/profile_cpu.py
 """
@@ -17,6 +17,7 @@ from torch.profiler import profile
 
 import ddpm_lib as dl
 from ddpm_lib import fastpaths
+from ddpm_lib.models import as_denoiser
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "profile_cpu.json")
 KINDS = {  # aten op (self time) -> kind
@@ -69,11 +70,15 @@ def main():
     x, t = torch.randn(64, 1, 28, 28), torch.full((64,), 500)
     with fastpaths.fast_inference(model):
         with fastpaths.threads_per_part():  # one intra-op thread, as each sampling thread has
-            one, two = [], []
+            run = fastpaths.traced(model, as_denoiser(model))  # what sample() runs
+            for _ in range(3):  # the trace, then TorchScript's profiling and optimising runs
+                fastpaths.split_batch(run, x, t)
+            one, two, two_traced = [], [], []
             for _ in range(5):  # alternated: this VM's speed drifts by a few per cent
                 one.append(median_ms(lambda: model(x[:32], t[:32]), calls=4))
                 two.append(median_ms(lambda: fastpaths.split_batch(model, x, t), calls=4))
-            one, two = statistics.median(one), statistics.median(two)
+                two_traced.append(median_ms(lambda: fastpaths.split_batch(run, x, t), calls=4))
+            one, two, two_traced = statistics.median(one), statistics.median(two), statistics.median(two_traced)
             flops = conv_flops(model, x[:32], t[:32])
             a = torch.randn(2048, 2048)
             gemm_gflops = 2 * 2048 ** 3 / median_ms(lambda: a @ a, calls=5) / 1e6
@@ -91,7 +96,8 @@ def main():
             "ms_per_forward": {k: round(v, 1) for k, v in kinds.items()}, "profiled_ms": round(profiled, 1),
             "conv_gflop": round(flops / 1e9, 2), "conv_gflops": round(flops / kinds["conv"] / 1e6, 1),
             "gemm_2048_gflops": round(gemm_gflops, 1),
-            "one_thread_32_ms": round(one, 1), "two_threads_2x32_ms": round(two, 1)}
+            "one_thread_32_ms": round(one, 1), "two_threads_2x32_ms": round(two, 1),
+            "two_threads_2x32_traced_ms": round(two_traced, 1)}
     print(json.dumps(info, indent=2))
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:

@@ -135,7 +135,8 @@ def render_page(info):
               "`make bench`（`bench/bench.py`）在同一个进程中交替运行 `ddpm_lib` 与读者照底稿会写的朴素代码："
               "训练比较的是 `ddpm_lib.train` 与 `DDPMScheduler.add_noise` + AdamW + fp32 + 每批 128 张的循环（图/秒，越大越好）；"
               "采样比较的是 `ddpm_lib.sample` 与 `diffusers` 的 `DDPMPipeline`（同一权重，`clip_sample=False`，64 张图、1000 步的秒数，越小越好；"
-              "CPU 上只计时其中一部分步数再按比例折算，每步的计算量与步数无关）。"
+              "CPU 上每种写法各计时一次 2 步、一次 52 步的运行：二者之差是 50 步的时间，1000 步的时间记为 2 步运行的时间加上 998 步，"
+              "这样每次调用只付一次的开销（`ddpm_lib` 在第一步录制 TorchScript trace，见下文）只算一次）。"
               "内存一列是计时之后每个函数再单独运行一次时，内存比运行开始时多占用的峰值："
               "CPU 上是进程的常驻内存（Linux 的 VmHWM，开始前归零，减去开始时的 VmRSS），GPU 上是 PyTorch 分配的显存；"
               "它包括这次运行自己建的模型、优化器状态和激活。", ""]
@@ -173,6 +174,12 @@ def render_page(info):
               "下表是 `bench/layers.py` 在一个线程、32 张图（一个采样线程的份额）、发布权重上逐层对照的结果：", ""]
     lines += layers_table()
     lines += [
+              "- **TorchScript trace**（`fastpaths.traced`，CPU 上 fp32 采样自动使用，只用于本书的三种模型：`fastpaths.traceable` 检查"
+              "它们的前向只按形状和设置分支、从不按数值分支，没有挂钩子）。采样的第一步用 `torch.jit.trace` 把网络的前向录成一张图，"
+              "之后每步由 TorchScript 的优化执行器重放，算子之间不再经过 Python。录制时做出的 Python 决定都被固定下来："
+              "形状由每个形状一张图保证；注意力里“要不要减去最大分数”取决于数值，所以图还输出每个注意力层的上界，"
+              "某一步哪一层的决定与录制时不同，这一步就改用普通的前向重算（`tests/test_fast_paths.py` 检验这一点，也检验重放与普通前向逐位相同）。"
+              + trace_sentence(os.path.join(results, "profile_cpu.json")),
               "- **channels_last**（`channels_last=True`、`--channels-last`）。`BasicUNet` 的 5×5 卷积在 NHWC 布局下更快"
               "（表中 `basic`、`basic-fixed` 的各行都用它）。`UNet2DModel` 不要用它：把整个模型转成 channels_last，GroupNorm 就落到 PyTorch 的 NHWC 内核上"
               "（上表两行 GroupNorm 的“原写法”一列：NHWC 内核比 NCHW 内核慢得多）；它的采样在上面的 `fast_inference` 里只在块内用 NHWC，GroupNorm 换成 `group_norm`。",
@@ -182,6 +189,19 @@ def render_page(info):
               + bf16_sentence(), ""]
     lines += profile_section(os.path.join(results, "bench_cpu.json"))
     return "\n".join(lines)
+
+
+def trace_sentence(path):
+    """The traced step against the eager one, from bench/profile_cpu.py's numbers."""
+    if not os.path.isfile(path):
+        return ""
+    p = json.load(open(path, encoding="utf-8"))
+    if "two_threads_2x32_traced_ms" not in p:
+        return ""
+    eager, traced = p["two_threads_2x32_ms"], p["two_threads_2x32_traced_ms"]
+    return (f"`bench/profile_cpu.py` 量得 64 张图的 `UNet2DModel` 采样一步（两个线程各 {p['batch']} 张，`fast_inference` 打开）"
+            f"普通前向 {eager} ms，重放 trace {traced} ms（{eager / traced:.2f} 倍，交替 5 轮的中位数）；"
+            "录制发生在每次采样调用的第一步，只付一次。")
 
 
 def profile_section(bench_path):
@@ -206,15 +226,18 @@ def profile_section(bench_path):
     text = (f"这些卷积共 {p['conv_gflop']} GFLOP，以 {p['conv_gflops']} GFLOP/s 运行；"
             f"同一个线程上一次 2048×2048 的 fp32 矩阵乘是 {p['gemm_2048_gflops']} GFLOP/s")
     text += "：卷积不比大矩阵乘慢，已在这颗核 fp32 算力的极限附近，能省的只在后三行。" if at_peak else "。"
-    text += (f"两个线程各算 {p['batch']} 张（采样实际的做法）每步 {p['two_threads_2x32_ms']} ms，"
+    text += (f"两个线程各算 {p['batch']} 张（采样分半批的做法，普通前向）每步 {p['two_threads_2x32_ms']} ms，"
              f"一个线程单独算 {p['batch']} 张 {p['one_thread_32_ms']} ms（交替 5 轮的中位数），二者相差 {gap:.1f}%")
     text += "：两个线程几乎互不拖累。" if gap < 5 else "。"
+    ours = p.get("two_threads_2x32_traced_ms", p["two_threads_2x32_ms"])  # what sample() runs
+    if "two_threads_2x32_traced_ms" in p:
+        text += f"采样实际重放的是 trace（见上文），同样的一步 {ours} ms。"
     b = json.load(open(bench_path, encoding="utf-8")) if os.path.isfile(bench_path) else {"rows": []}
     plain = [r["plain"] for r in b["rows"] if r["what"].startswith("sample unet2d") and "bf16" not in r["what"]]
     if plain:
         step = plain[0]  # seconds per 1000 steps = milliseconds per step
-        text += (f"基准表中朴素写法的采样每步 {step} ms（1000 步 {step} 秒），与这里的 {p['two_threads_2x32_ms']} ms 相比是 "
-                 f"{step / p['two_threads_2x32_ms']:.2f} 倍（两次不同的运行）"
+        text += (f"基准表中朴素写法的采样每步 {step} ms（1000 步 {step} 秒），与这里的 {ours} ms 相比是 "
+                 f"{step / ours:.2f} 倍（两次不同的运行）"
                  + ("。卷积既已省不下来，fp32 下再快就很难了；要更快就得换精度（表中 bf16 一行）。" if at_peak else "。"))
     return lines + ["", text, ""]
 

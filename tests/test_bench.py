@@ -25,6 +25,13 @@ def test_alternate_rotates_the_order_and_takes_medians():
     assert medians == [1.5, 3.5] and all(m is not None and m >= 0 for m in memory)  # the last round measured
 
 
+def test_sampling_time_for_1000_steps_from_two_run_lengths():
+    runs = iter([(1.0, 9.0), (3.0, 5.0), (2.0, 4.0)])
+    assert bench.alternate([lambda: next(runs)], repeats=3) == [(2.0, 5.0)]  # the median of each entry
+    total, once = bench.per_1000(2.5, 7.5, 50)  # 0.1 s a step, 2.3 s once
+    assert abs(total - (2.3 + 100.0)) < 1e-9 and abs(once - 2.3) < 1e-9
+
+
 def test_peak_memory_of_one_run():
     def allocate():
         x = torch.ones(50_000_000)  # 191 MiB, touched
