@@ -250,7 +250,7 @@ def main(argv=None):
                          "ratio": round(plain_s[0] / o[0], 2), "ddpm_lib_settings": kw, "timed_steps": timed,
                          "peak_extra_mib": {"plain": mib(plain_mib), "ddpm_lib": mib(o_mib)}})
             if fit:
-                rows[-1]["one_off_s"] = {"plain": round(plain_s[1], 2), "ddpm_lib": round(o[1], 2)}
+                rows[-1]["one_off_s"] = {"plain": round(plain_s[1], 2) + 0.0, "ddpm_lib": round(o[1], 2) + 0.0}  # no -0.0
             print(rows[-1], flush=True)
     info = {"device": torch.cuda.get_device_name(device) if gpu else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
             "torch": torch.__version__, "quick": args.quick, "repeats": repeats,
