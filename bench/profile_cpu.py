@@ -2,7 +2,8 @@
 share of one sampling thread) on one thread with every fast path on, split by kind of operation
 (torch.profiler, self time); the arithmetic rate of its convolutions against this core's rate on
 one large matrix product; and the step as sampling runs it (2 x 32 images on two threads, eager
-and as the trace ``sample`` replays) against one thread alone (alternated, medians). Writes bench/results/profile_cpu.json, which book/timings.md shows.
+and as the trace ``sample`` replays) against one thread alone (alternated, medians).
+Writes bench/results/profile_cpu.json, which book/timings.md shows.
 
     python bench/profile_cpu.py
 """

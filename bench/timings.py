@@ -202,7 +202,8 @@ def trace_sentence(path):
     return (f"`bench/profile_cpu.py` 量得 64 张图的 `UNet2DModel` 采样一步（两个线程各 {p['batch']} 张，`fast_inference` 打开）"
             f"普通前向 {eager} ms，重放 trace {traced} ms（{eager / traced:.2f} 倍，交替 5 轮的中位数）；"
             "录制发生在每次采样调用的第一步，只付一次（基准表 `one_off_s`：`bench/results/bench_cpu.json`）；"
-            "录制期间 tracer 保留这一步前向的全部中间张量，所以采样的内存增量峰值高于不录制时（见基准表的内存一列）。")
+            "录制的那一步占用的内存比普通的一步多，所以采样的内存增量峰值高于不录制时"
+            "（`fastpaths.traced` 的说明里有测量值；见基准表的内存一列）。")
 
 
 def profile_section(bench_path):
