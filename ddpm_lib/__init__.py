@@ -1,7 +1,6 @@
 """ddpm_lib — the small library behind the DDPM book. Names follow the book's notation."""
 from .checkpoints import load_checkpoint, pretrained, pretrained_samples, save_checkpoint
 from .data import Digits, load_mnist
-from .device import default_device
 from .forward import q_sample, q_step
 from .losses import ddpm_loss
 from .models import BasicUNet, BasicUNetFixed, as_denoiser, build_model, make_unet2d
@@ -16,5 +15,5 @@ __all__ = [
     "NoiseSchedule", "extract", "q_sample", "q_step", "q_posterior", "predict_x0", "p_mean",
     "ddpm_loss", "sample", "train", "make_ema", "BasicUNet", "BasicUNetFixed", "make_unet2d",
     "as_denoiser", "build_model", "load_mnist", "Digits", "save_checkpoint", "load_checkpoint",
-    "default_device", "pretrained", "pretrained_samples",
+    "pretrained", "pretrained_samples",
 ]

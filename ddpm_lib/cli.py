@@ -12,12 +12,12 @@ import time
 
 import torch
 
-from .checkpoints import commit_run_checkpoint, load_checkpoint, load_ema_state, load_optimizer_state, read_config
+from .checkpoints import (commit_run_checkpoint, load_checkpoint, load_tensors,
+                          load_training_state, read_config)
 from .data import SOURCES, load_mnist
-from .device import default_device
 from .models import MODEL_NAMES, build_model
 from .schedule import NoiseSchedule
-from .training import make_ema, make_optimizer, train
+from .training import make_ema, train
 
 
 def _checked(cast, ok, what):
@@ -44,6 +44,13 @@ def _hardware(device):
     return f"{device.type} ({os.cpu_count()} cores, {platform.machine()})"
 
 
+def _speed_options(p):
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: the model under torch.autocast (GPUs, CPUs with bf16 units)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m ddpm_lib", description="Train and sample the book's DDPM models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -60,13 +67,7 @@ def build_parser():
     t.add_argument("--num-timesteps", type=_positive_int, default=1000)
     t.add_argument("--ema-decay", type=_positive_float, default=0.999)
     t.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    t.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: autocast (GPUs; CPUs with bf16 instructions, e.g. BasicUNet)")
-    t.add_argument("--channels-last", action="store_true",
-                   help="channels_last memory format (GPU; CPU for basic models)")
-    t.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
-    t.add_argument("--split-batch", action="store_true",
-                   help="CPU: two half-batches on two threads, gradients added (unet2d)")
+    _speed_options(t)
     t.add_argument("--no-progress", action="store_true")
     s = sub.add_parser("sample", help="draw samples from a checkpoint and save a grid")
     s.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder with 'latest'")
@@ -76,77 +77,78 @@ def build_parser():
     s.add_argument("--weights", choices=("ema", "model"), default="ema")
     s.add_argument("--nrow", type=_positive_int, default=8)
     s.add_argument("--device", default=None)
-    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (opt-in, faster)")
-    s.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster for basic models on CPU)")
+    _speed_options(s)
     s.add_argument("--save-tensor", default=None, help="also save the samples as safetensors here")
     s.add_argument("--no-progress", action="store_true")
     return p
 
 
+def _device(name):
+    """The --device given, else the best available: cuda, then mps, then the CPU."""
+    if name:
+        return torch.device(name)
+    mps = getattr(torch.backends, "mps", None)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+
+
+def _prepare(model, args):
+    """The caller's speed choices: channels_last memory format, torch.compile."""
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if args.compile else model
+
+
 def cmd_train(args, argv):
-    device = torch.device(args.device) if args.device else default_device()
+    device = _device(args.device)
     has_run = os.path.isfile(os.path.join(args.out, "latest"))
     if has_run and not args.resume:
-        raise SystemExit(f"error: {args.out} already holds a run; pass --resume to continue it or choose another --out")
+        raise SystemExit(f"error: {args.out} already holds a run; pass --resume to continue it "
+                         "or choose another --out")
     if args.resume and not has_run:
         raise SystemExit(f"error: --resume given but {args.out} holds no checkpoint")
-    os.makedirs(args.out, exist_ok=True)
     schedule = NoiseSchedule.linear(num_timesteps=args.num_timesteps)
     data = load_mnist("train", source=args.data)
     torch.manual_seed(args.seed)  # the model's initial weights depend on the seed alone
     model = build_model(args.model, num_timesteps=args.num_timesteps).to(device)
-    optimizer = make_optimizer(model, args.lr)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     ema = make_ema(model, decay=args.ema_decay)
-    start_step, losses, wall = 0, [], 0.0
-    command = "python -m ddpm_lib " + " ".join(argv)
-    commands = [command]
+    meta = {"model": args.model, "step": 0, "steps": args.steps, "batch_size": args.batch_size,
+            "lr": args.lr, "seed": args.seed, "data": data.source,
+            "num_train_images": int(data.images.shape[0]), "num_timesteps": args.num_timesteps,
+            "ema_decay": args.ema_decay, "precision": args.precision,
+            "channels_last": args.channels_last, "compile": args.compile, "commands": [],
+            "hardware": _hardware(device), "torch": torch.__version__, "wall_time_s": 0.0,
+            "losses": []}
     if args.resume:
-        cfg = read_config(args.out)
-        meta = cfg["meta"]
-        if meta["model"] != args.model or meta["seed"] != args.seed or meta["batch_size"] != args.batch_size:
-            raise SystemExit("error: --resume needs the same --model, --seed and --batch-size as the run "
-                             f"(run has {meta['model']}, seed {meta['seed']}, batch {meta['batch_size']})")
-        state, _ = load_checkpoint(args.out, weights="model")
-        model.load_state_dict(state.state_dict())
-        load_optimizer_state(args.out, optimizer)
-        load_ema_state(args.out, ema, model)
-        start_step, losses, wall = meta["step"], meta["losses"], meta["wall_time_s"]
-        commands = meta.get("commands", []) + [command]
-    if start_step >= args.steps:
-        print(f"nothing to do: the run is at step {start_step} >= --steps {args.steps}")
+        old = read_config(args.out)["meta"]
+        if any(old[k] != meta[k] for k in ("model", "seed", "batch_size")):
+            raise SystemExit("error: --resume needs the same --model, --seed and --batch-size as the "
+                             f"run (it has {old['model']}, seed {old['seed']}, batch {old['batch_size']})")
+        model.load_state_dict(load_tensors(args.out, "model"))
+        load_training_state(args.out, optimizer, ema)
+        meta.update({k: old[k] for k in ("step", "losses", "wall_time_s", "commands")})
+    meta["commands"] = meta["commands"] + ["python -m ddpm_lib " + " ".join(argv)]
+    if meta["step"] >= args.steps:
+        print(f"nothing to do: the run is at step {meta['step']} >= --steps {args.steps}")
         return 0
-    t0 = time.perf_counter()
-    pending = []
-
-    def meta_for(step):
-        return {
-            "model": args.model, "step": step, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-            "seed": args.seed, "data": data.source, "num_train_images": int(data.images.shape[0]),
-            "num_timesteps": args.num_timesteps, "ema_decay": args.ema_decay, "precision": args.precision,
-            "channels_last": args.channels_last, "compile": args.compile, "split_batch": args.split_batch,
-            "commands": commands,
-            "hardware": _hardware(device),
-            "torch": torch.__version__, "wall_time_s": round(wall + time.perf_counter() - t0, 3),
-            "losses": losses + [round(x, 6) for x in torch.stack(pending).tolist()] if pending else losses,
-        }
-
-    def on_step(step, loss):
-        pending.append(loss)
-        if step % args.checkpoint_every == 0 or step == args.steps:
-            meta = meta_for(step)
-            commit_run_checkpoint(args.out, step, model, args.model, ema=ema, optimizer=optimizer, meta=meta)
-            losses[:] = meta["losses"]
-            pending.clear()
-            recent = losses[-min(100, len(losses)):]
-            print(f"step {step}/{args.steps}  loss(last {len(recent)}) {sum(recent) / len(recent):.4f}  "
-                  f"checkpoint {os.path.join(args.out, f'step-{step:07d}')}", flush=True)
-
-    train(model, data.images, schedule, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-          progress=not args.no_progress, optimizer=optimizer, ema=ema, start_step=start_step, callback=on_step,
-          precision=args.precision, channels_last=args.channels_last, compile=args.compile,
-          split_batch=args.split_batch)
-    elapsed = time.perf_counter() - t0
-    done = args.steps - start_step
+    net, first, t_start = _prepare(model, args), meta["step"], time.perf_counter()
+    # train() is deterministic per (seed, step): a run in chunks between checkpoints, resumed
+    # or not, is the same run
+    for start in range(first, args.steps, args.checkpoint_every):
+        stop, t0 = min(start + args.checkpoint_every, args.steps), time.perf_counter()
+        losses = train(net, data.images, schedule, steps=stop, batch_size=args.batch_size,
+                       lr=args.lr, seed=args.seed, optimizer=optimizer, ema=ema, start_step=start,
+                       precision=args.precision, progress=not args.no_progress)
+        meta.update(step=stop, losses=meta["losses"] + [round(x, 6) for x in losses],
+                    wall_time_s=round(meta["wall_time_s"] + time.perf_counter() - t0, 3))
+        path = commit_run_checkpoint(args.out, stop, model, args.model, ema=ema,
+                                     optimizer=optimizer, meta=meta)
+        recent = meta["losses"][-100:]
+        print(f"step {stop}/{args.steps}  loss(last {len(recent)}) "
+              f"{sum(recent) / len(recent):.4f}  checkpoint {path}", flush=True)
+    elapsed, done = time.perf_counter() - t_start, args.steps - first
     print(f"trained {done} steps in {elapsed:.1f} s: {done * args.batch_size / elapsed:.1f} images/s")
     return 0
 
@@ -156,12 +158,11 @@ def cmd_sample(args):
 
     from .sampling import sample
 
-    device = torch.device(args.device) if args.device else default_device()
-    model, cfg = load_checkpoint(args.checkpoint, weights=args.weights, device=device)
+    model, cfg = load_checkpoint(args.checkpoint, weights=args.weights, device=_device(args.device))
     schedule = NoiseSchedule.linear(num_timesteps=cfg["meta"].get("num_timesteps", 1000))
     g = torch.Generator().manual_seed(args.seed)
-    x = sample(model, schedule, (args.n, 1, 28, 28), generator=g, progress=not args.no_progress,
-               precision=args.precision, channels_last=args.channels_last)
+    x = sample(_prepare(model, args), schedule, (args.n, 1, 28, 28), generator=g,
+               progress=not args.no_progress, precision=args.precision)
     save_image((x.clamp(-1, 1) + 1) / 2, args.out, nrow=args.nrow, padding=2, pad_value=1.0)
     if args.save_tensor:
         from safetensors.torch import save_file

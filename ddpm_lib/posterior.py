@@ -1,43 +1,45 @@
 """The reverse process: the true posterior and the eps-parameterised mean (chapter 反向过程)."""
-from .schedule import check_tensor, check_timesteps, extract
-
-
-def _check_pair(a, b, name_a, name_b, schedule, t):
-    check_tensor(a, name_a)
-    check_tensor(b, name_b)
-    if a.shape != b.shape:
-        raise ValueError(f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    return check_timesteps(t, a.shape[0], schedule)
+from .schedule import extract
+from .validation import check_like, check_tensor, check_timesteps
 
 
 def q_posterior(x0, xt, t, schedule):
     """Mean and variance of q(x_{t-1} | x_t, x_0) (反向过程, eqs. mu-tilde, beta-tilde).
 
-    mu-tilde = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0 + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t,
+    mu-tilde = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0
+               + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t,
     beta-tilde = (1 - abar_{t-1}) / (1 - abar_t) beta_t, with abar before the first step = 1
     (so at t = 0 the mean is x_0 and the variance 0).
-    x0, xt: (B, ...) same shape; t: (B,) 0-based or int. Returns (mean like x0, variance (B, 1, ..., 1)).
+    Args: x0, xt (B, ...) of one shape; t: (B,) 0-based or an int.
+    Returns (mean like x0, variance (B, 1, ..., 1)).
     """
-    t = _check_pair(x0, xt, "x0", "xt", schedule, t)
-    mean = extract(schedule.posterior_mean_coef1, t, xt.shape) * x0 + extract(schedule.posterior_mean_coef2, t, xt.shape) * xt
-    variance = extract(schedule.posterior_variance, t, xt.shape)
-    return mean, variance
+    check_like(xt, "xt", check_tensor(x0, "x0"), "x0")
+    t = check_timesteps(t, xt, schedule.num_timesteps)
+    mean = (extract(schedule.posterior_mean_coef1, t, xt.shape) * x0
+            + extract(schedule.posterior_mean_coef2, t, xt.shape) * xt)
+    return mean, extract(schedule.posterior_variance, t, xt.shape)
 
 
 def predict_x0(xt, t, eps, schedule):
     """Invert the closed form for x_0 given the noise (反向过程, eq. x0-from-eps).
 
-    x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t). xt, eps: (B, ...); t: (B,) 0-based or int.
+    x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t).
+    Args: xt, eps (B, ...) of one shape; t: (B,) 0-based or an int. Returns x_0 like xt.
     """
-    t = _check_pair(xt, eps, "xt", "eps", schedule, t)
-    return extract(schedule.sqrt_recip_alphas_cumprod, t, xt.shape) * xt - extract(schedule.sqrt_recipm1_alphas_cumprod, t, xt.shape) * eps
+    check_like(eps, "eps", check_tensor(xt, "xt"), "xt")
+    t = check_timesteps(t, xt, schedule.num_timesteps)
+    return (extract(schedule.sqrt_recip_alphas_cumprod, t, xt.shape) * xt
+            - extract(schedule.sqrt_recipm1_alphas_cumprod, t, xt.shape) * eps)
 
 
 def p_mean(xt, t, eps, schedule):
     """Mean of p_theta(x_{t-1} | x_t) from a noise prediction (反向过程, eq. mu-eps).
 
-    mu_theta = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t). xt, eps: (B, ...); t: (B,).
-    Equals q_posterior(predict_x0(xt, t, eps), xt, t)[0] (the book checks this).
+    mu_theta = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t); it equals
+    q_posterior(predict_x0(xt, t, eps), xt, t)[0] (the book checks this).
+    Args: xt, eps (B, ...) of one shape; t: (B,) 0-based or an int. Returns the mean like xt.
     """
-    t = _check_pair(xt, eps, "xt", "eps", schedule, t)
-    return extract(schedule.sqrt_recip_alphas, t, xt.shape) * (xt - extract(schedule.eps_coef, t, xt.shape) * eps)
+    check_like(eps, "eps", check_tensor(xt, "xt"), "xt")
+    t = check_timesteps(t, xt, schedule.num_timesteps)
+    return extract(schedule.sqrt_recip_alphas, t, xt.shape) * (
+        xt - extract(schedule.eps_coef, t, xt.shape) * eps)

@@ -9,22 +9,20 @@ import math
 
 import torch
 
+from .validation import check_betas, check_int
+
 
 class NoiseSchedule:
     """Fixed variance schedule beta_1..beta_T and everything derived from it.
 
     betas: 1-D tensor (or sequence) of T values in (0, 1). Raises ValueError on a
     non-1-D, empty, NaN or out-of-range input.
+    Attributes (each (T,) float32, indexed by the 0-based t): betas, alphas, alphas_cumprod,
+    alphas_cumprod_prev and the coefficients of the book's equations named below.
     """
 
     def __init__(self, betas):
-        betas = torch.as_tensor(betas, dtype=torch.float64)
-        if betas.ndim != 1 or betas.numel() == 0:
-            raise ValueError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
-        if torch.isnan(betas).any():
-            raise ValueError("betas must not contain NaN")
-        if not ((betas > 0) & (betas < 1)).all():
-            raise ValueError("betas must lie in the open interval (0, 1)")
+        betas = check_betas(betas)
         self.num_timesteps = betas.numel()
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
@@ -53,7 +51,7 @@ class NoiseSchedule:
     @classmethod
     def linear(cls, num_timesteps=1000, beta_start=1e-4, beta_end=0.02):
         """Linear betas of Ho et al. 2020 (diffusers' ``beta_schedule="linear"``)."""
-        _check_num_timesteps(num_timesteps)
+        check_int(num_timesteps, "num_timesteps", 1)
         return cls(torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64))
 
     @classmethod
@@ -62,7 +60,7 @@ class NoiseSchedule:
 
         alpha-bar(t) = cos((t/T + s) / (1 + s) * pi/2)^2; beta_t = min(1 - abar(t)/abar(t-1), max_beta).
         """
-        _check_num_timesteps(num_timesteps)
+        check_int(num_timesteps, "num_timesteps", 1)
         f = lambda u: math.cos((u + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
         T = num_timesteps
         betas = [min(1 - f((i + 1) / T) / f(i / T), max_beta) for i in range(T)]
@@ -84,49 +82,6 @@ class NoiseSchedule:
     def __repr__(self):
         b = self.betas
         return f"NoiseSchedule(num_timesteps={self.num_timesteps}, beta_1={b[0].item():.4g}, beta_T={b[-1].item():.4g})"
-
-
-def _check_num_timesteps(num_timesteps):
-    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be a positive int, got {num_timesteps!r}")
-
-
-def check_timesteps(t, batch_size, schedule, name="t"):
-    """Validate 0-based timesteps and return them as a LongTensor of shape (batch_size,).
-
-    t: Python int or integer tensor of shape (B,) (or a 0-d tensor). Raises ValueError on a
-    float dtype, a wrong batch size, or an index outside [0, num_timesteps - 1].
-    """
-    T = schedule.num_timesteps
-    if isinstance(t, bool):
-        raise ValueError(f"{name} must be an int or an integer tensor, got bool")
-    if isinstance(t, int):
-        t = torch.full((batch_size,), t, dtype=torch.long)
-    elif isinstance(t, torch.Tensor):
-        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-            raise ValueError(f"{name} must hold integer timestep indices, got dtype {t.dtype}")
-        if t.ndim == 0:
-            t = t.reshape(1).expand(batch_size)
-        if t.ndim != 1 or t.shape[0] != batch_size:
-            raise ValueError(f"{name} must have shape ({batch_size},), got {tuple(t.shape)}")
-        t = t.long()
-    else:
-        raise ValueError(f"{name} must be an int or an integer tensor, got {type(t).__name__}")
-    if t.numel() and (t.min() < 0 or t.max() >= T):
-        raise ValueError(f"{name} must lie in [0, {T - 1}] (0-based), got min {t.min().item()}, max {t.max().item()}")
-    return t
-
-
-def check_tensor(x, name, min_ndim=1):
-    """Raise ValueError unless x is a floating tensor with at least min_ndim dims and no NaN."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.dtype.is_floating_point:
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.ndim < min_ndim:
-        raise ValueError(f"{name} must have at least {min_ndim} dims (batch first), got shape {tuple(x.shape)}")
-    if torch.isnan(x).any():
-        raise ValueError(f"{name} must not contain NaN")
 
 
 def extract(a, t, shape):

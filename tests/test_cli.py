@@ -87,13 +87,18 @@ def test_sample_command_writes_a_grid(tmp_path):
     assert img.size == (2 * 28 + 3 * 2, 2 * 28 + 3 * 2)
 
 
-def test_fast_path_flags_train_and_sample(tmp_path):
+def test_speed_flags_train_and_sample(tmp_path):
     run = tmp_path / "run"
-    r = cli("train", "--model", "unet2d", "--steps", "2", "--batch-size", "4", "--out", str(run),
-            "--device", "cpu", "--no-progress", "--split-batch")
+    r = cli("train", "--model", "unet2d", "--steps", "3", "--batch-size", "4", "--out", str(run),
+            "--device", "cpu", "--no-progress", "--channels-last", "--checkpoint-every", "2")
     assert r.returncode == 0, r.stderr
     meta = read_config(str(run))["meta"]
-    assert meta["split_batch"] is True and len(meta["losses"]) == 2
+    assert meta["channels_last"] is True and len(meta["losses"]) == 3 and meta["step"] == 3
+    # the same 3 steps in NCHW: channels_last changes the memory format, not the maths
+    r = cli("train", "--model", "unet2d", "--steps", "3", "--batch-size", "4",
+            "--out", str(tmp_path / "nchw"), "--device", "cpu", "--no-progress")
+    nchw = read_config(str(tmp_path / "nchw"))["meta"]["losses"]
+    assert meta["losses"] == pytest.approx(nchw, rel=1e-4)
     r = cli("train", "--model", "basic-fixed", "--steps", "2", "--batch-size", "4", "--out", str(tmp_path / "b"),
             "--device", "cpu", "--no-progress", "--precision", "bf16", "--channels-last")
     assert r.returncode == 0, r.stderr

@@ -1,4 +1,6 @@
 """Denoisers and the one calling contract every part of ddpm_lib uses: ``eps = model(x_t, t)``."""
+import torch
+
 from .basic_unet import BasicUNet, BasicUNetFixed
 from .unet2d import make_unet2d
 
@@ -32,6 +34,12 @@ def as_denoiser(model):
         out = model(xt, t)
         return out.sample if hasattr(out, "sample") else out
     return f
+
+
+def model_device(model):
+    """The device of a model's parameters; the CPU for a model without any."""
+    params = model.parameters() if isinstance(model, torch.nn.Module) else iter(())
+    return next(params, torch.zeros(0)).device
 
 
 def model_in_channels(model):

@@ -4,11 +4,15 @@ from torch import nn
 
 
 class BasicUNet(nn.Module):
-    """一个十分简单的UNet网络部署 — the seed's class, unchanged (309,057 parameters).
+    """一个十分简单的UNet网络部署 — the seed's class (309,057 parameters).
 
     forward(x): x (B, in_channels, H, W) with H, W divisible by 4. It never sees t, and
     its final SiLU bounds the output below by -0.278: chapter 5 shows why that fails.
+    The seed's code with one line made a setting (``final_act``), so that
+    :class:`BasicUNetFixed` can state its changes; chapter 5 checks it equals the seed's.
     """
+
+    final_act = True  # the seed applies its activation after the last layer too
 
     def __init__(self, in_channels=1, out_channels=1):
         super().__init__()
@@ -37,37 +41,25 @@ class BasicUNet(nn.Module):
             if i > 0:  # 选择除了第1个上采样层以外的层
                 x = self.upscale(x)  # Upscale上采样
                 x += h.pop()  # 得到之前排列好的供残差连接使用的数据
-            x = self.act(l(x))  # 通过运算层与激活函数
+            x = l(x)  # 通过运算层
+            if i < 2 or self.final_act:
+                x = self.act(x)  # 与激活函数
         return x
 
 
 class BasicUNetFixed(BasicUNet):
     """BasicUNet with the two smallest changes that make eps-prediction learnable (chapter 5).
 
-    1. t / num_timesteps is appended as an extra constant input channel (it now sees t);
-    2. no activation after the last layer (its output can be any real number).
     forward(x, t): x (B, in_channels, H, W); t (B,) 0-based long. 309,857 parameters.
     """
 
+    final_act = False  # change 2: no activation on the output (it can be any real number)
+
     def __init__(self, in_channels=1, out_channels=1, num_timesteps=1000):
-        super().__init__(in_channels + 1, out_channels)
+        super().__init__(in_channels + 1, out_channels)  # change 1: one more input channel ...
         self.num_timesteps = num_timesteps
 
     def forward(self, x, t):
-        # t: (B,) -> (B, 1, H, W), a constant plane holding t / T
-        t_plane = (t.to(x.dtype) / self.num_timesteps).reshape(-1, 1, 1, 1).expand(-1, 1, *x.shape[2:])
-        x = torch.cat([x, t_plane], dim=1)
-        h = []
-        for i, l in enumerate(self.down_layers):
-            x = self.act(l(x))
-            if i < 2:
-                h.append(x)
-                x = self.downscale(x)
-        for i, l in enumerate(self.up_layers):
-            if i > 0:
-                x = self.upscale(x)
-                x = x + h.pop()
-            x = l(x)
-            if i < len(self.up_layers) - 1:  # the fix: no activation on the output
-                x = self.act(x)
-        return x
+        # ... holding t / T as a constant plane: t (B,) -> (B, 1, H, W)
+        t_plane = (t.to(x.dtype) / self.num_timesteps).reshape(-1, 1, 1, 1)
+        return super().forward(torch.cat([x, t_plane.expand(-1, 1, *x.shape[2:])], dim=1))

@@ -1,0 +1,117 @@
+"""Checks of user input at ddpm_lib's public entry points: each raises a ValueError that names
+the argument and what was expected. They read shapes, dtypes and Python numbers; the only
+value scans are of the schedule's betas, a timestep tensor's range and the training images,
+each once per call of a public function, never once per step of a loop.
+"""
+import torch
+
+
+def check_int(value, name, minimum=0):
+    """An int (not a bool) >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def check_positive(value, name):
+    """A positive int or float (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return value
+
+
+def check_choice(value, name, choices):
+    """One of a few string options."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_betas(betas):
+    """A non-empty 1-D float64 tensor of values in (0, 1)."""
+    betas = torch.as_tensor(betas, dtype=torch.float64)
+    if betas.ndim != 1 or betas.numel() == 0:
+        raise ValueError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
+    if torch.isnan(betas).any():
+        raise ValueError("betas must not contain NaN")
+    if not ((betas > 0) & (betas < 1)).all():
+        raise ValueError("betas must lie in the open interval (0, 1)")
+    return betas
+
+
+def check_tensor(x, name):
+    """A floating-point tensor with a batch dimension."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.ndim < 1:
+        raise ValueError(f"{name} must have a batch dimension, got shape {tuple(x.shape)}")
+    return x
+
+
+def check_like(x, name, like, like_name):
+    """A floating-point tensor of the same shape as ``like``."""
+    check_tensor(x, name)
+    if x.shape != like.shape:
+        raise ValueError(f"{name} must have the shape of {like_name} {tuple(like.shape)}, "
+                         f"got {tuple(x.shape)}")
+    return x
+
+
+def check_timesteps(t, x, num_timesteps, name="t"):
+    """0-based timesteps for the batch x as a LongTensor of shape (B,) on x's device.
+
+    t: a Python int, or an integer tensor of shape (B,) or (). Raises on a float or bool dtype,
+    a wrong batch size, or an index outside [0, num_timesteps - 1].
+    """
+    B, T = x.shape[0], num_timesteps
+    if isinstance(t, int) and not isinstance(t, bool):
+        if not 0 <= t < T:
+            raise ValueError(f"{name} must lie in [0, {T - 1}] (0-based), got {t}")
+        return torch.full((B,), t, dtype=torch.long, device=x.device)
+    if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype.is_complex \
+            or t.dtype == torch.bool:
+        what = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name} must be an int or an integer tensor, got {what}")
+    t = t.reshape(1).expand(B) if t.ndim == 0 else t
+    if t.shape != (B,):
+        raise ValueError(f"{name} must have shape ({B},), got {tuple(t.shape)}")
+    if B and (t.min() < 0 or t.max() >= T):
+        raise ValueError(f"{name} must lie in [0, {T - 1}] (0-based), "
+                         f"got min {t.min().item()}, max {t.max().item()}")
+    return t.long().to(x.device)
+
+
+def check_images(x, model, name):
+    """A (B, C, H, W) float tensor whose C is what the model expects (when it can tell)."""
+    from .models import model_in_channels
+
+    check_tensor(x, name)
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(x.shape)}")
+    c = model_in_channels(model)
+    if c is not None and x.shape[1] != c:
+        raise ValueError(f"{name} has {x.shape[1]} channels but the model expects {c}")
+    return x
+
+
+def check_shape(shape, model):
+    """A (B, C, H, W) tuple of positive ints whose C is what the model expects."""
+    from .models import model_in_channels
+
+    shape = tuple(shape)
+    if len(shape) != 4 or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ValueError(f"shape must be (B, C, H, W) of positive ints, got {shape}")
+    c = model_in_channels(model)
+    if c is not None and shape[1] != c:
+        raise ValueError(f"shape has {shape[1]} channels but the model expects {c}")
+    return shape
+
+
+def check_generator(generator):
+    """None or a torch.Generator."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, "
+                         f"got {type(generator).__name__}")
+    return generator
