@@ -39,12 +39,12 @@ execute: $(STAMP)
 	for nb in $(NOTEBOOKS); do $(BIN)/jupyter execute --inplace --timeout=1200 $$nb || exit 1; done
 
 timings: $(STAMP)
-	$(BIN)/python bench/timings.py
+	$(BIN)/python tools/timings.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py --json bench/results/bench_cpu.json
 	$(BIN)/python bench/profile_cpu.py
-	$(BIN)/python bench/timings.py --page-only
+	$(BIN)/python tools/timings.py --page-only
 
 clean:
 	rm -rf _build

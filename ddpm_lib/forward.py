@@ -2,7 +2,7 @@
 import torch
 
 from .schedule import extract
-from .validation import check_like, check_tensor, check_timesteps
+from .validation import check_tensor, check_timesteps
 
 
 def q_sample(x0, t, schedule, noise=None):
@@ -14,7 +14,7 @@ def q_sample(x0, t, schedule, noise=None):
     """
     check_tensor(x0, "x0")
     t = check_timesteps(t, x0, schedule.num_timesteps)
-    noise = torch.randn_like(x0) if noise is None else check_like(noise, "noise", x0, "x0")
+    noise = torch.randn_like(x0) if noise is None else check_tensor(noise, "noise", x0, "x0")
     return (extract(schedule.sqrt_alphas_cumprod, t, x0.shape) * x0
             + extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise)
 
@@ -28,6 +28,6 @@ def q_step(x_prev, t, schedule, noise=None):
     """
     check_tensor(x_prev, "x_prev")
     t = check_timesteps(t, x_prev, schedule.num_timesteps)
-    noise = torch.randn_like(x_prev) if noise is None else check_like(noise, "noise", x_prev, "x_prev")
+    noise = torch.randn_like(x_prev) if noise is None else check_tensor(noise, "noise", x_prev, "x_prev")
     return (extract(schedule.alphas, t, x_prev.shape).sqrt() * x_prev
             + extract(schedule.betas, t, x_prev.shape).sqrt() * noise)

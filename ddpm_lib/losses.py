@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from .forward import q_sample
 from .models import as_denoiser
-from .validation import check_images, check_like, check_timesteps
+from .validation import check_images, check_tensor, check_timesteps
 
 
 def ddpm_loss(model, x0, schedule, t=None, noise=None, generator=None):
@@ -22,6 +22,6 @@ def ddpm_loss(model, x0, schedule, t=None, noise=None, generator=None):
     t = check_timesteps(t, x0, T)  # checked where t is (the CPU, when drawn there), then moved
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-    noise = check_like(noise, "noise", x0, "x0").to(x0.device)
+    noise = check_tensor(noise, "noise", x0, "x0").to(x0.device)
     xt = q_sample(x0, t, schedule, noise)
     return F.mse_loss(as_denoiser(model)(xt, t), noise)

@@ -1,6 +1,7 @@
-"""Sample quality for digits (chapter 6): a small classifier trained on the embedded split, and in
-its feature space the Fréchet distance to held-out digits, the confident fraction and the class
-entropy. A model that draws one digit well scores badly on entropy; blurry digits on confidence.
+"""Sample quality for digits (chapter 6): a small classifier trained on the embedded split
+(``tools/make_weights.py``), and in its feature space the Fréchet distance to held-out digits,
+the confident fraction and the class entropy. A model that draws one digit well scores badly
+on entropy; blurry digits on confidence.
 
 Reference sets (fixed): the 1,000 embedded test digits in a fixed shuffled order; the first
 256 are the "real" comparison set (the floor), the other 744 the reference for the distance.
@@ -35,29 +36,6 @@ class DigitClassifier(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
-
-
-def train_classifier(steps=800, batch_size=128, lr=1e-3, seed=0):
-    """Train DigitClassifier on the embedded train split, deterministically on CPU.
-    Returns (model, losses); step k's batch comes from Generator().manual_seed(seed * 1_000_003 + k)."""
-    data = load_mnist("train", source="embedded")
-    torch.manual_seed(seed)
-    model = DigitClassifier()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    losses = []
-    for step in range(steps):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        idx = torch.randint(0, len(data.images), (batch_size,), generator=g)
-        x = data.images[idx]
-        # random shifts of up to 2 pixels: a little robustness to the imperfect samples it will judge
-        dx, dy = torch.randint(-2, 3, (2,), generator=g).tolist()
-        x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-        loss = F.cross_entropy(model(x), data.labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return model.eval(), losses
 
 
 def load_classifier():

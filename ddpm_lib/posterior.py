@@ -1,6 +1,6 @@
 """The reverse process: the true posterior and the eps-parameterised mean (chapter 反向过程)."""
 from .schedule import extract
-from .validation import check_like, check_tensor, check_timesteps
+from .validation import check_tensor, check_timesteps
 
 
 def q_posterior(x0, xt, t, schedule):
@@ -13,7 +13,7 @@ def q_posterior(x0, xt, t, schedule):
     Args: x0, xt (B, ...) of one shape; t: (B,) 0-based or an int.
     Returns (mean like x0, variance (B, 1, ..., 1)).
     """
-    check_like(xt, "xt", check_tensor(x0, "x0"), "x0")
+    check_tensor(xt, "xt", check_tensor(x0, "x0"), "x0")
     t = check_timesteps(t, xt, schedule.num_timesteps)
     mean = (extract(schedule.posterior_mean_coef1, t, xt.shape) * x0
             + extract(schedule.posterior_mean_coef2, t, xt.shape) * xt)
@@ -26,7 +26,7 @@ def predict_x0(xt, t, eps, schedule):
     x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t).
     Args: xt, eps (B, ...) of one shape; t: (B,) 0-based or an int. Returns x_0 like xt.
     """
-    check_like(eps, "eps", check_tensor(xt, "xt"), "xt")
+    check_tensor(eps, "eps", check_tensor(xt, "xt"), "xt")
     t = check_timesteps(t, xt, schedule.num_timesteps)
     return (extract(schedule.sqrt_recip_alphas_cumprod, t, xt.shape) * xt
             - extract(schedule.sqrt_recipm1_alphas_cumprod, t, xt.shape) * eps)
@@ -39,7 +39,7 @@ def p_mean(xt, t, eps, schedule):
     q_posterior(predict_x0(xt, t, eps), xt, t)[0] (the book checks this).
     Args: xt, eps (B, ...) of one shape; t: (B,) 0-based or an int. Returns the mean like xt.
     """
-    check_like(eps, "eps", check_tensor(xt, "xt"), "xt")
+    check_tensor(eps, "eps", check_tensor(xt, "xt"), "xt")
     t = check_timesteps(t, xt, schedule.num_timesteps)
     return extract(schedule.sqrt_recip_alphas, t, xt.shape) * (
         xt - extract(schedule.eps_coef, t, xt.shape) * eps)

@@ -4,7 +4,7 @@ from tqdm import tqdm
 
 from .models import as_denoiser, model_device
 from .posterior import p_mean, predict_x0, q_posterior
-from .validation import check_choice, check_generator, check_shape
+from .validation import check_choice, check_generator, check_images
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt}"  # no rate/ETA: stable text
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
@@ -20,10 +20,9 @@ def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type=
     z ~ N(0, I), and no noise at t = 0.
 
     Args:
-        model: a denoiser ``eps = model(x_t, t)`` (``models.as_denoiser``), used as it is, on
-            the device of its parameters (the CPU for a plain function). Put it in eval mode
-            and on its device first; speed choices are the caller's too:
-            ``torch.compile(model)``, ``model.to(memory_format=torch.channels_last)``.
+        model: a denoiser ``eps = model(x_t, t)`` (``models.as_denoiser``), used as it is on
+            the device of its parameters: ``.eval()``, ``torch.compile`` or channels_last
+            are the caller's choices.
         schedule: the NoiseSchedule it was trained with.
         shape: (B, C, H, W) of the samples.
         generator: a torch.Generator; its device draws the noise (x_T first, then z for
@@ -32,13 +31,12 @@ def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type=
             (diffusers' ``clip_sample=True``, Ho et al.'s code); False is Algorithm 2's text.
         variance_type: sigma_t^2 = beta-tilde_t ("fixed_small", diffusers' default) or
             beta_t ("fixed_large").
-        precision: "fp32", or "bf16" to run the model under ``torch.autocast`` (faster on
-            hardware with bf16 units; the samples differ by the tolerance the book states).
+        precision: "fp32", or "bf16" to run the model under ``torch.autocast``.
         return_trajectory: also return [x_T, …, x_0] as a (T+1, B, C, H, W) CPU tensor.
         progress: show a tqdm bar.
     Returns x_0 (B, C, H, W) on the model's device, or (x_0, trajectory).
     """
-    shape = check_shape(shape, model)
+    shape = check_images(shape, model, "shape")
     check_choice(variance_type, "variance_type", VARIANCE_TYPES)
     check_choice(precision, "precision", PRECISIONS)
     check_generator(generator)

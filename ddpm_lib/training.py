@@ -21,13 +21,8 @@ def make_ema(model, decay=0.999):
     return EMAModel(model.parameters(), decay=decay, foreach=True)
 
 
-def step_generator(seed, step):
-    """The CPU generator of one training step, a function of (seed, step) alone."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
 def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optimizer=None,
-          ema=None, start_step=0, callback=None, precision="fp32", progress=True):
+          ema=None, start_step=0, precision="fp32", progress=True):
     """Minimise L_simple with AdamW (优化目标, Algorithm 1); returns the loss of each step.
 
     Args:
@@ -36,24 +31,22 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
         images: (N, C, H, W) training data in [-1, 1], on any device.
         schedule: a NoiseSchedule.
         steps: the total number of steps, of which ``start_step`` are already done: each
-            step draws its batch, t and eps from ``step_generator(seed, step)``, so a run
+            step draws its batch, t and eps from a generator seeded by (seed, step), so a run
             split into pieces (``start_step`` = where the last piece stopped) equals one
             uninterrupted run, bit for bit on a CPU.
         optimizer: defaults to ``torch.optim.AdamW(model.parameters(), lr)``.
         ema: a ``make_ema`` average, updated after every step.
-        callback: ``callback(step, loss)`` after every step (1-based step, a 0-d tensor).
         precision: "fp32", or "bf16" to run the forward pass under ``torch.autocast``.
     Returns a list of ``steps - start_step`` floats.
     """
     check_images(images, model, "images")
-    if not torch.isfinite(images).all():
-        raise ValueError("images must be finite (no NaN or inf)")
-    steps, seed = check_int(steps, "steps"), check_int(seed, "seed")
-    batch_size, start_step = check_int(batch_size, "batch_size", 1), check_int(start_step, "start_step")
+    check_int(steps, "steps"), check_int(seed, "seed"), check_int(batch_size, "batch_size", 1)
+    check_int(start_step, "start_step"), check_positive(lr, "lr")
+    check_choice(precision, "precision", PRECISIONS)
     if start_step > steps:
         raise ValueError(f"start_step ({start_step}) must not exceed steps ({steps})")
-    check_positive(lr, "lr")
-    check_choice(precision, "precision", PRECISIONS)
+    if not torch.isfinite(images).all():
+        raise ValueError("images must be finite (no NaN or inf)")
     device = model_device(model)
     images, schedule = images.to(device), schedule.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr) if optimizer is None else optimizer
@@ -62,7 +55,7 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
     for step in tqdm(range(start_step, steps), desc="train", initial=start_step, total=steps,
                      disable=not progress, bar_format=BAR_FORMAT):
         # 1. x_0 from the data, t ~ U{0, …, T-1}, eps ~ N(0, I): this step's own draws
-        g = step_generator(seed, step)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         x0 = images[torch.randint(0, images.shape[0], (batch_size,), generator=g).to(device)]
         t = torch.randint(0, schedule.num_timesteps, (batch_size,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
@@ -75,7 +68,5 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
         # 3. the moving average of the weights, which sampling uses
         if ema is not None:
             ema.step(model.parameters())
-        losses.append(loss.detach())
-        if callback is not None:
-            callback(step + 1, losses[-1])
+        losses.append(loss.detach())  # no .item(): a GPU keeps running ahead
     return torch.stack(losses).tolist() if losses else []

@@ -1,27 +1,24 @@
-"""Checks of user input at ddpm_lib's public entry points: each raises a ValueError that names
-the argument and what was expected. They read shapes, dtypes and Python numbers; the only
-value scans are of the schedule's betas, a timestep tensor's range and the training images,
-each once per call of a public function, never once per step of a loop.
+"""Checks of user input at ddpm_lib's public entry points: each raises a ValueError naming the
+argument and what was expected. They read shapes, dtypes and Python numbers; the only value
+scans (betas, a timestep tensor's range, the training images) run once per public call, never
+once per step of a loop.
 """
 import torch
 
 
 def check_int(value, name, minimum=0):
-    """An int (not a bool) >= minimum."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
 
 
 def check_positive(value, name):
-    """A positive int or float (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     return value
 
 
 def check_choice(value, name, choices):
-    """One of a few string options."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
@@ -39,21 +36,14 @@ def check_betas(betas):
     return betas
 
 
-def check_tensor(x, name):
-    """A floating-point tensor with a batch dimension."""
+def check_tensor(x, name, like=None, like_name=None):
+    """A floating-point tensor with a batch dimension (and the shape of ``like``, if given)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.dtype.is_floating_point:
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.ndim < 1:
-        raise ValueError(f"{name} must have a batch dimension, got shape {tuple(x.shape)}")
-    return x
-
-
-def check_like(x, name, like, like_name):
-    """A floating-point tensor of the same shape as ``like``."""
-    check_tensor(x, name)
-    if x.shape != like.shape:
+    if not x.dtype.is_floating_point or x.ndim < 1:
+        raise ValueError(f"{name} must be a floating-point tensor with a batch dimension, "
+                         f"got dtype {x.dtype}, shape {tuple(x.shape)}")
+    if like is not None and x.shape != like.shape:
         raise ValueError(f"{name} must have the shape of {like_name} {tuple(like.shape)}, "
                          f"got {tuple(x.shape)}")
     return x
@@ -62,8 +52,7 @@ def check_like(x, name, like, like_name):
 def check_timesteps(t, x, num_timesteps, name="t"):
     """0-based timesteps for the batch x as a LongTensor of shape (B,) on x's device.
 
-    t: a Python int, or an integer tensor of shape (B,) or (). Raises on a float or bool dtype,
-    a wrong batch size, or an index outside [0, num_timesteps - 1].
+    t: a Python int, or an integer tensor of shape (B,) or (), on any device.
     """
     B, T = x.shape[0], num_timesteps
     if isinstance(t, int) and not isinstance(t, bool):
@@ -83,34 +72,24 @@ def check_timesteps(t, x, num_timesteps, name="t"):
     return t.long().to(x.device)
 
 
-def check_images(x, model, name):
-    """A (B, C, H, W) float tensor whose C is what the model expects (when it can tell)."""
+def check_images(shape, model, name):
+    """A (B, C, H, W) shape of positive ints whose C is what the model expects, if it can tell.
+
+    shape: a tuple, or a tensor (then also checked by :func:`check_tensor`).
+    """
     from .models import model_in_channels
 
-    check_tensor(x, name)
-    if x.ndim != 4:
-        raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(x.shape)}")
-    c = model_in_channels(model)
-    if c is not None and x.shape[1] != c:
-        raise ValueError(f"{name} has {x.shape[1]} channels but the model expects {c}")
-    return x
-
-
-def check_shape(shape, model):
-    """A (B, C, H, W) tuple of positive ints whose C is what the model expects."""
-    from .models import model_in_channels
-
-    shape = tuple(shape)
+    if isinstance(shape, torch.Tensor) or not isinstance(shape, (tuple, list, torch.Size)):
+        shape = check_tensor(shape, name).shape
     if len(shape) != 4 or not all(isinstance(s, int) and s > 0 for s in shape):
-        raise ValueError(f"shape must be (B, C, H, W) of positive ints, got {shape}")
+        raise ValueError(f"{name} must be (B, C, H, W) of positive sizes, got {tuple(shape)}")
     c = model_in_channels(model)
     if c is not None and shape[1] != c:
-        raise ValueError(f"shape has {shape[1]} channels but the model expects {c}")
-    return shape
+        raise ValueError(f"{name} has {shape[1]} channels but the model expects {c}")
+    return tuple(shape)
 
 
 def check_generator(generator):
-    """None or a torch.Generator."""
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, "
                          f"got {type(generator).__name__}")

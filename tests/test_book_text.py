@@ -83,10 +83,20 @@ def test_quoted_cpu_training_throughput_matches_the_benchmark():
 
 def test_the_timings_page_is_up_to_date():
     # book/timings.md is generated; an edited notebook or a new benchmark file must be followed by
-    # `python bench/timings.py --page-only` (its slow-cell table labels cells by their source)
+    # `python tools/timings.py --page-only` (its slow-cell table labels cells by their source)
     import importlib.util
-    spec = importlib.util.spec_from_file_location("timings", os.path.join(ROOT, "bench", "timings.py"))
+    spec = importlib.util.spec_from_file_location("timings", os.path.join(ROOT, "tools", "timings.py"))
     timings = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(timings)
     page = open(os.path.join(ROOT, "book", "timings.md"), encoding="utf-8").read()
-    assert page == timings.render_page(TIMINGS), "book/timings.md is stale: run `python bench/timings.py --page-only`"
+    assert page == timings.render_page(TIMINGS), "book/timings.md is stale: run `python tools/timings.py --page-only`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_code_lines_fit_the_page(path):
+    # the HTML page shows ~88 columns of code before it cuts a line off; a CJK character is two
+    from wcwidth import wcswidth
+    for i, c in enumerate(cells(path)):
+        if c["cell_type"] == "code":
+            for line in "".join(c["source"]).splitlines():
+                assert wcswidth(line) <= 88, f"cell {i}: {line}"

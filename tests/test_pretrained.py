@@ -3,6 +3,7 @@ replay to the recorded losses), GPU-drawn samples that replay on CPU, and the qu
 import json
 import os
 import shlex
+import sys
 
 import pytest
 import torch
@@ -19,15 +20,21 @@ SAMPLES = os.path.join(WEIGHTS_DIR, "samples.safetensors")
 
 
 def replay_losses(name, steps, seed=None):
-    """Re-run the first steps of the recorded CLI command on CPU, in its recorded precision."""
+    """Re-run the first steps of the recorded CLI command on the CPU, in fp32.
+
+    Both models were trained with bf16 autocast; a CPU without bf16 units (AVX2 only) runs
+    bf16 ~100x slower than fp32 (491 s for 3 unet2d steps here), and the fp32 loss of a
+    step lies within 0.03 % of the bf16 one (measured: 0.028 % unet2d, 0.021 % basic-fixed),
+    far inside what the negative control below separates."""
     argv = shlex.split(MANIFEST[name]["command"])[3:]  # drop "python -m ddpm_lib"
     args = build_parser().parse_args(argv)
+    assert args.precision == "bf16"  # what the record says; replayed in fp32 (docstring)
     seed = args.seed if seed is None else seed
     torch.manual_seed(seed)
     model = dl.build_model(args.model)
     data = dl.load_mnist("train", source=args.data)
-    return dl.train(model, data.images, dl.NoiseSchedule.linear(), steps=steps, batch_size=args.batch_size,
-                    lr=args.lr, seed=seed, progress=False, precision=args.precision)
+    return dl.train(model, data.images, dl.NoiseSchedule.linear(), steps=steps,
+                    batch_size=args.batch_size, lr=args.lr, seed=seed, progress=False)
 
 
 @pytest.mark.slow
@@ -35,10 +42,10 @@ def replay_losses(name, steps, seed=None):
 def test_recorded_command_replays_to_recorded_losses(name, steps):
     recorded = MANIFEST[name]["first_losses"][:steps]
     ours = replay_losses(name, steps)
-    # unet2d was trained on an H200, basic-fixed on this 2-core CPU type, both with bf16 autocast;
-    # this CPU bf16 replay measured 0.023 % (unet2d, GPU vs CPU kernels) and 7e-7 (basic-fixed)
+    # unet2d was trained on an H200, basic-fixed on a 2-core CPU, both in bf16; this fp32 CPU
+    # replay measured 0.028 % and 0.021 % from the records
     rel = [abs(a - b) / b for a, b in zip(ours, recorded)]
-    assert max(rel) < 0.005, (ours, recorded)
+    assert max(rel) < 0.002, (ours, recorded)
     # negative control: seed 1 is farther than the tolerance (measured 12 % and 9 %), so the test can tell
     other = replay_losses(name, steps, seed=1)
     assert max(abs(a - b) / b for a, b in zip(other, recorded)) > 0.02
@@ -49,7 +56,9 @@ def test_classifier_replays_and_is_accurate():
     kw = {k: cfg[k] for k in ("batch_size", "lr", "seed")}
     torch.manual_seed(kw["seed"])
     # the first 20 steps of the recorded call, exactly (same CPU code path)
-    _, losses = metrics.train_classifier(steps=20, **kw)
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    from make_weights import train_classifier  # how the shipped classifier was trained
+    _, losses = train_classifier(steps=20, **kw)
     assert losses == pytest.approx(cfg["losses"][:20], rel=1e-4, abs=1e-5)
     test = dl.load_mnist("test", source="embedded")
     with torch.no_grad():

@@ -37,7 +37,7 @@ CASES = [
     ("predict_x0 eps", lambda: dl.predict_x0(X, 0, torch.zeros(1, 1, 8, 8), S), "eps must have the shape of xt"),
     ("p_mean eps shape", lambda: dl.p_mean(X, 0, torch.zeros(2, 8, 8), S), "eps must have the shape of xt"),
     ("loss channels", lambda: dl.ddpm_loss(dl.BasicUNet(), torch.zeros(2, 3, 8, 8), S), "3 channels but the model expects 1"),
-    ("loss 3-D", lambda: dl.ddpm_loss(dl.BasicUNet(), torch.zeros(2, 8, 8), S), r"x0 must have shape \(B, C, H, W\)"),
+    ("loss 3-D", lambda: dl.ddpm_loss(dl.BasicUNet(), torch.zeros(2, 8, 8), S), r"x0 must be \(B, C, H, W\)"),
     ("sample shape", lambda: dl.sample(dl.BasicUNet(), S, (2, 8, 8), progress=False), r"shape must be \(B, C, H, W\)"),
     ("sample channels", lambda: dl.sample(dl.make_unet2d(), S, (1, 3, 28, 28), progress=False), "3 channels but the model expects 1"),
     ("sample variance", lambda: dl.sample(dl.BasicUNet(), S, (1, 1, 8, 8), variance_type="learned", progress=False), "variance_type"),
@@ -54,7 +54,7 @@ CASES = [
     ("mnist split", lambda: dl.load_mnist(split="val"), "split must be one of"),
     ("mnist source", lambda: dl.load_mnist(source="web"), "source must be one of"),
     ("mnist no files", lambda: dl.load_mnist(source="torchvision", root="/nonexistent-dir"), "no MNIST files under root"),
-    ("model name", lambda: dl.build_model("vae"), "model must be one of basic, basic-fixed, unet2d"),
+    ("model name", lambda: dl.build_model("vae"), "model must be one of 'basic', 'basic-fixed', 'unet2d'"),
     ("checkpoint weights", lambda: dl.load_checkpoint("/nonexistent", weights="best"), "weights must be one of 'ema', 'model'"),
     ("checkpoint missing", lambda: dl.load_checkpoint("/nonexistent"), "no checkpoint at"),
 ]

@@ -3,20 +3,17 @@ import torch
 
 from .basic_unet import BasicUNet, BasicUNetFixed
 from .unet2d import make_unet2d
+from ..validation import check_choice
 
 MODEL_NAMES = ("basic", "basic-fixed", "unet2d")
 
 
 def build_model(name, num_timesteps=1000):
     """Build a fresh model by CLI name: "basic" (seed), "basic-fixed" or "unet2d" (seed config)."""
-    if name == "basic":
-        return BasicUNet()
-    elif name == "basic-fixed":
+    check_choice(name, "model", MODEL_NAMES)
+    if name == "basic-fixed":
         return BasicUNetFixed(num_timesteps=num_timesteps)
-    elif name == "unet2d":
-        return make_unet2d()
-    else:
-        raise ValueError(f"model must be one of {', '.join(MODEL_NAMES)}; got {name!r}")
+    return BasicUNet() if name == "basic" else make_unet2d()
 
 
 def as_denoiser(model):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What ran on the lent GPU to train the shipped unet2d checkpoint (ddpm_lib/weights/) and check the
 # GPU fast paths. (The shipped basic-fixed was later retrained on a 2-core CPU with unet2d's budget,
-# 6000 x 256: its command is in MANIFEST.json; bench/ship_model.py exported it.) Usage: bench/gpu_session.sh OUT [smoke]. The device image has torch but not
+# 6000 x 256: its command is in MANIFEST.json; tools/ship_model.py exported it.) Usage: tools/gpu_session.sh OUT [smoke]. The device image has torch but not
 # diffusers/mlxtend: their wheels travel in .gpuwheels/.
 set -u
 OUT=$1; SMOKE=${2:-}
@@ -24,5 +24,5 @@ $PY -m ddpm_lib train --model basic-fixed "${B[@]}" --batch-size 256 --lr 1e-3 -
     --precision bf16 --channels-last --no-progress
 echo "basic-fixed done after $(( $(date +%s) - start )) s"
 U2D=$RUNS/unet2d; [ -f $RUNS/unet2d/latest ] || U2D=$RUNS/unet2d-nocompile
-$PY bench/gpu_checks.py $OUT unet2d=$U2D basic-fixed=$RUNS/basic-fixed $SMOKE
+$PY tools/gpu_checks.py $OUT unet2d=$U2D basic-fixed=$RUNS/basic-fixed $SMOKE
 echo "all done after $(( $(date +%s) - start )) s"

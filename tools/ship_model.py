@@ -1,9 +1,9 @@
 """Ship one trained run: export its EMA weights to ddpm_lib/weights/NAME and redraw NAME's metric
 samples in ddpm_lib/weights/samples.safetensors (32 batches of 8, batch k from
 Generator(cpu).manual_seed(k), fp32), keeping the other models' samples. Then run
-`python bench/make_weights.py --skip-classifier` to rewrite MANIFEST.json.
+`python tools/make_weights.py --skip-classifier` to rewrite MANIFEST.json.
 
-    python bench/ship_model.py RUN_DIR NAME      # e.g. runs/basic-fixed basic-fixed
+    python tools/ship_model.py RUN_DIR NAME      # e.g. runs/basic-fixed basic-fixed
 """
 import os
 import sys
@@ -13,9 +13,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import ddpm_lib as dl
-from ddpm_lib.checkpoints import WEIGHTS_DIR, export_weights
+from ddpm_lib.checkpoints import WEIGHTS_DIR, load_checkpoint, save_checkpoint
 
 SAMPLE_BATCHES, SAMPLE_BATCH = 32, 8
+
+
+def export_weights(run_or_checkpoint, out_dir, weights="ema"):
+    """Write a compact, shippable checkpoint: the (EMA) weights as ``model.safetensors`` and a
+    config.json with the training run's metadata. Returns out_dir."""
+    model, config = load_checkpoint(run_or_checkpoint, weights=weights)
+    meta = dict(config["meta"])
+    meta["weights"] = "ema" if weights == "ema" and "ema.safetensors" in config["sha256"] else "model"
+    return save_checkpoint(out_dir, model, config["model"], meta=meta)
 
 
 def main(run, name):

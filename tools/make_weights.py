@@ -1,6 +1,6 @@
 """Train the shipped digit classifier (CPU, deterministic) and write ddpm_lib/weights/MANIFEST.json
 from the shipped checkpoints, their GPU-drawn samples (ddpm_lib/weights/samples.safetensors)
-and the metric. Run: python bench/make_weights.py [--skip-classifier]"""
+and the metric. Run: python tools/make_weights.py [--skip-classifier]"""
 import json
 import os
 import platform
@@ -8,20 +8,44 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 import ddpm_lib as dl
 from ddpm_lib import metrics
-from ddpm_lib.checkpoints import FORMAT, _atomic_write_json, read_config, sha256_file
+from ddpm_lib.checkpoints import FORMAT, read_config, sha256_file, write_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 W = os.path.join(ROOT, "ddpm_lib", "weights")
 CLS_KW = dict(steps=800, batch_size=128, lr=1e-3, seed=0)
 
 
+def train_classifier(steps=800, batch_size=128, lr=1e-3, seed=0):
+    """Train DigitClassifier on the embedded train split, deterministically on CPU.
+    Returns (model, losses); step k's batch comes from Generator().manual_seed(seed * 1_000_003 + k)."""
+    data = dl.load_mnist("train", source="embedded")
+    torch.manual_seed(seed)
+    model = metrics.DigitClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for step in range(steps):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        idx = torch.randint(0, len(data.images), (batch_size,), generator=g)
+        x = data.images[idx]
+        # random shifts of up to 2 pixels: a little robustness to the imperfect samples it will judge
+        dx, dy = torch.randint(-2, 3, (2,), generator=g).tolist()
+        x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+        loss = F.cross_entropy(model(x), data.labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return model.eval(), losses
+
+
 def write_classifier():
     t0 = time.perf_counter()
-    model, losses = metrics.train_classifier(**CLS_KW)
+    model, losses = train_classifier(**CLS_KW)
     wall = time.perf_counter() - t0
     test = dl.load_mnist("test", source="embedded")
     with torch.no_grad():
@@ -29,11 +53,12 @@ def write_classifier():
     os.makedirs(metrics.WEIGHTS_DIR, exist_ok=True)
     target = os.path.join(metrics.WEIGHTS_DIR, "model.safetensors")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, target)
-    meta = {"call": f"ddpm_lib.metrics.train_classifier(**{CLS_KW})", **CLS_KW, "data": "embedded",
+    meta = {"call": f"tools/make_weights.py: train_classifier(**{CLS_KW})", **CLS_KW, "data": "embedded",
             "test_accuracy": acc, "wall_time_s": round(wall, 1), "hardware": f"cpu ({os.cpu_count()} cores, {platform.machine()})",
             "torch": torch.__version__, "losses": [round(x, 6) for x in losses]}
-    _atomic_write_json({"format": FORMAT, "model": "classifier", "meta": meta,
-                        "sha256": {"model.safetensors": sha256_file(target)}}, os.path.join(metrics.WEIGHTS_DIR, "config.json"))
+    config = {"format": FORMAT, "model": "classifier", "meta": meta,
+              "sha256": {"model.safetensors": sha256_file(target)}}
+    write_text(os.path.join(metrics.WEIGHTS_DIR, "config.json"), json.dumps(config, indent=2, ensure_ascii=False))
 
 
 def main(argv):
@@ -61,7 +86,7 @@ def main(argv):
                        "torch.Generator().manual_seed(k), fp32, TF32 off",
             "sha256": sha256_file(os.path.join(W, name, "model.safetensors")),
         }
-    _atomic_write_json(manifest, os.path.join(W, "MANIFEST.json"))
+    write_text(os.path.join(W, "MANIFEST.json"), json.dumps(manifest, indent=2, ensure_ascii=False))
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk not in ("first_losses", "counts")} for k, v in manifest.items()}, indent=1))
 
 

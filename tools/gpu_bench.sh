@@ -3,7 +3,7 @@
 # time, start-up included): the CUDA tests first (the CUDA-graph sampler against the eager loop),
 # then `bench/bench.py --device cuda --quick` (30 timed training steps after 20 warm-up steps,
 # 200 timed sampling steps, 2 alternated repeats), then the full run if the cap allows.
-# Usage: bench/gpu_bench.sh OUT   (writes OUT/bench_gpu_quick.json, OUT/bench_gpu.json, OUT/*.log)
+# Usage: tools/gpu_bench.sh OUT   (writes OUT/bench_gpu_quick.json, OUT/bench_gpu.json, OUT/*.log)
 # The device image has torch but not diffusers/mlxtend: their wheels travel in .gpuwheels/, made with
 #   pip download --no-deps -d .gpuwheels diffusers==0.42.1 mlxtend==0.25.0 importlib_metadata
 set -u -o pipefail
@@ -15,7 +15,7 @@ DEVICE=${DEVICE:-cuda}  # DEVICE=cpu: a smoke run of this script on a machine wi
 [ -d .gpuwheels ] && $PY -m pip install -q --no-deps --no-index .gpuwheels/*.whl 2>&1 | tail -2
 $PY -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'cuda', torch.cuda.is_available())"
 start=$(date +%s)
-$PY -m pytest -q -p no:cacheprovider tests/test_fast_paths.py -k cuda -rs 2>&1 | tail -3 | tee "$OUT/cuda_tests.log"
+$PY -m pytest -q -p no:cacheprovider tests/test_sampling.py -k cuda -rs 2>&1 | tail -3 | tee "$OUT/cuda_tests.log"
 timeout "${QUICK_CAP:-300}" $PY bench/bench.py --device "$DEVICE" --quick --json "$OUT/bench_gpu_quick.json" 2>&1 \
   | tail -12 | tee "$OUT/bench_quick.log"
 echo "quick run done after $(( $(date +%s) - start )) s"

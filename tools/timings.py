@@ -1,0 +1,167 @@
+"""`make timings`: execute every notebook in book/ (without changing it), time each, save the
+numbers (each notebook, and each code cell from nbclient's execution timestamps) in
+bench/results/notebook_timings.json and write book/timings.md, the page the book shows, together
+with the latest benchmark tables from bench/results/bench_*.json. tests/test_book_text.py checks
+the running times the chapters quote against the saved cell times.
+
+    python tools/timings.py              # execute and time, then write the page
+    python tools/timings.py --page-only  # rewrite the page from the saved numbers
+    python tools/timings.py --inplace    # also save the executed notebooks (`make execute`)
+"""
+import datetime
+import glob
+import json
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAVED = os.path.join(ROOT, "bench", "results", "notebook_timings.json")
+SLOW_CELL_S = 5.0  # the page lists the code cells that take at least this long
+
+
+def cell_seconds(cell):
+    """Wall time of one executed code cell, from the timestamps nbclient records."""
+    ex = cell.metadata.get("execution", {})
+    start, end = ex.get("iopub.execute_input"), ex.get("shell.execute_reply")
+    if not (start and end):
+        return None
+    parse = lambda s: datetime.datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
+    return round((parse(end) - parse(start)).total_seconds(), 1)
+
+
+def cell_label(source):
+    """What a reader recognises a code cell by: its first line that does real work."""
+    lines = [ln.strip() for ln in source.splitlines() if ln.strip()]
+    if lines and lines[0].startswith("# 本章用到的全部设置"):
+        return "本章的设置与导入"
+    work = [ln for ln in lines if not ln.startswith(("#", "torch.manual_seed(", "import ", "from "))]
+    line = (work or lines or [""])[0].split("  # ")[0]  # without an inline comment
+    return "`" + (line if len(line) <= 60 else line[:57] + "...") + "`"
+
+
+def measure(inplace=False):
+    import nbformat
+    import torch
+    from nbclient import NotebookClient
+
+    rows = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "book", "*.ipynb"))):
+        nb = nbformat.read(path, as_version=4)
+        title = next(c.source.splitlines()[0].lstrip("# ") for c in nb.cells if c.cell_type == "markdown")
+        t0 = time.perf_counter()
+        NotebookClient(nb, timeout=1200, kernel_name="python3", record_timing=True,
+                       resources={"metadata": {"path": os.path.dirname(path)}}).execute()
+        seconds = round(time.perf_counter() - t0, 1)
+        if inplace:  # the executed notebook replaces the committed one (as `make execute` does)
+            nbformat.write(nb, path)
+        # cell: the index in nb.cells (markdown cells included), as tests/test_book_text.py reads it
+        cells = [{"cell": i, "seconds": cell_seconds(c)} for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        rows.append({"notebook": os.path.basename(path), "title": title, "seconds": seconds, "cells": cells})
+        print(f"{rows[-1]['notebook']:28s} {rows[-1]['seconds']:7.1f} s", flush=True)
+    info = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "cuda": torch.cuda.is_available(),
+            "torch": torch.__version__, "date": datetime.date.today().isoformat(), "rows": rows}
+    os.makedirs(os.path.dirname(SAVED), exist_ok=True)
+    with open(SAVED, "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2, ensure_ascii=False)
+    return info
+
+
+def bench_table(b):
+    """The benchmark rows as a table: the anchor, the plain ddpm_lib path, each lever."""
+    lines = [f"测量设备：{b['device']}，PyTorch {b['torch']}，每项 {b['repeats']} 次交替重复取中位数"
+             "（每轮换一个先后顺序）" + ("（`--quick`）" if b["quick"] else "") + "。", "",
+             "| 基准 | 写法 | 数值 | 相对参照 | 相对 ddpm_lib | 内存增量峰值 MiB |", "|---|---|---:|---:|---:|---:|"]
+    for r in b["rows"]:
+        anchor, plain = list(r["values"])[:2]
+        unit = "张图/秒" if r["unit"] == "images/s" else "秒"
+        for k, v in r["values"].items():
+            vs_anchor = "参照" if k == anchor else f"{speedup(r, k, anchor):.2f}×"
+            vs_plain = f"{speedup(r, k, plain):.2f}×" if k not in (anchor, plain) else ""
+            what = f"{r['what']}（{unit}）" if k == anchor else ""
+            lines.append(f"| {what} | {k} | {v} | {vs_anchor} | {vs_plain} | {r['peak_extra_mib'][k]} |")
+    return lines + [""]
+
+
+def speedup(r, a, b):
+    """How many times faster variant a is than b (images/s up, seconds down); as bench.speedup."""
+    va, vb = r["values"][a], r["values"][b]
+    return va / vb if r["unit"] == "images/s" else vb / va
+
+
+def render_page(info):
+    """The text of book/timings.md from the saved numbers, the notebooks and the benchmark files."""
+    rows = info["rows"]
+    total = sum(r["seconds"] for r in rows)
+    lines = [
+        "# 执行时间与性能",
+        "",
+        "## 每个笔记本的执行时间",
+        "",
+        "每个笔记本从头执行一遍所用的时间（`make timings` 生成本页；包括启动内核）。本书的发布模型都已训练好，"
+        "笔记本里只有短暂的现场训练和采样。",
+        "",
+        f"测量环境：{info['machine']}，GPU：{'有' if info['cuda'] else '无'}，PyTorch {info['torch']}，{info['date']}。",
+        "",
+        "| 笔记本 | 章 | 时间（秒） |",
+        "|---|---|---:|",
+    ]
+    lines += [f"| `{r['notebook']}` | {r['title']} | {r['seconds']:.0f} |" for r in rows]
+    lines += [f"| **合计** | | **{total:.0f}** |", ""]
+    slow = [(r, c) for r in rows for c in r.get("cells", []) if (c["seconds"] or 0) >= SLOW_CELL_S]
+    if slow:
+        lines += ["### 耗时较长的单元格", "",
+                  f"同一次执行中用时 {SLOW_CELL_S:.0f} 秒以上的代码单元格（各章正文里提到的“约 N 秒”指的就是这里的时间，"
+                  "`tests/test_book_text.py` 检查二者相符）：", "",
+                  "| 笔记本 | 单元格 | 时间（秒） |", "|---|---|---:|"]
+        sources = {r["notebook"]: json.load(open(os.path.join(ROOT, "book", r["notebook"]), encoding="utf-8"))["cells"]
+                   for r, _ in slow}
+        lines += [f"| `{r['notebook']}` | {cell_label(''.join(sources[r['notebook']][c['cell']]['source']))} | {c['seconds']:.0f} |"
+                  for r, c in slow]
+        lines += [""]
+    lines += ["## 性能基准", "",
+              "`make bench`（`bench/bench.py`）在同一个进程中交替运行三种写法：读者照底稿会写的朴素代码（参照），"
+              "不加任何选项的 `ddpm_lib`，以及 `ddpm_lib` 加上一个提速选项。训练的参照是 `DDPMScheduler.add_noise` + AdamW + "
+              "fp32 + 每批 128 张的循环（张图/秒，越大越好）；采样的参照是 `diffusers` 的 `DDPMPipeline`（同一权重，"
+              "`clip_sample=False`，64 张图、1000 步的秒数，越小越好；CPU 上每种写法各计时一次 2 步、一次 2 + k 步的运行"
+              "（k 见 JSON 的 `timed_steps`），二者之差是 k 步的时间，1000 步记为 2 步的时间加上 998 步，"
+              "这样只付一次的开销（例如 `torch.compile` 的编译）只算一次，记在 JSON 的 `one_off_s` 里）。"
+              "“相对”两列是快了多少倍。内存一列是计时之后每种写法再单独运行一次时，内存比运行开始时多占用的峰值"
+              "（CPU 上是进程的常驻内存，GPU 上是 PyTorch 分配的显存），包括这次运行自己建的模型、优化器状态和激活。", ""]
+    results = os.path.join(ROOT, "bench", "results")  # every bench_gpu*.json a GPU run left there
+    gpu = sorted(os.path.basename(p) for p in glob.glob(os.path.join(results, "bench_gpu*.json")))
+    skipped = {}
+    for name, label in [("bench_cpu.json", "CPU")] + [(g, "GPU") for g in gpu]:
+        path = os.path.join(results, name)
+        if os.path.isfile(path):
+            b = json.load(open(path, encoding="utf-8"))
+            lines += [f"### {label}", ""] + bench_table(b)
+            skipped.update(b.get("skipped", {}))
+    if not gpu:
+        lines += ["现在的代码还没有在 GPU 上测过；`tools/gpu_bench.sh` 是在借来的 GPU 上一次跑完这些行的脚本。", ""]
+    lines += ["## 提速的几个选择", "",
+              "`ddpm_lib` 的采样和训练只是论文的算法 2 和算法 1；更快的办法都是调用者自己做的一个选择，每个都是一个库调用：", "",
+              "- **更少的步数**。1000 步的祖先采样是按算法本身算的；要快几十倍，靠的是少走步数的采样器（DDIM 等），"
+              "而不是把每一步的算子再抠快几个百分点。",
+              "- **bf16 自动混合精度**（`precision=\"bf16\"`、`--precision bf16`）：模型在 `torch.autocast` 下运行。"
+              "它只在有 bf16 运算单元的硬件上快（GPU，以及带 AVX512-BF16 或 AMX 的 CPU）。"]
+    for what, why in skipped.items():
+        lines[-1] += f"在本页的测量设备上（{what}）：{why.replace('no bf16 units, not timed', '没有 bf16 单元，未计时')}。"
+    lines += ["- **channels_last**（`model.to(memory_format=torch.channels_last)`、`--channels-last`）：改变内存布局，"
+              "不改变计算；上表中 `basic-fixed` 的 5×5 卷积从中受益。",
+              "- **`torch.compile`**（`torch.compile(model)`、`--compile`）：训练和采样都接受编译后的模型；"
+              "在 CUDA 上 `mode=\"reduce-overhead\"` 用 CUDA graph 消除每步的启动开销。编译本身要花时间，步数少时不划算。",
+              ""]
+    return "\n".join(lines)
+
+
+def write_page(info):
+    with open(os.path.join(ROOT, "book", "timings.md"), "w", encoding="utf-8") as f:
+        f.write(render_page(info))
+    print(f"total {sum(r['seconds'] for r in info['rows']):.1f} s -> book/timings.md")
+
+
+if __name__ == "__main__":
+    write_page(json.load(open(SAVED, encoding="utf-8")) if "--page-only" in sys.argv
+               else measure(inplace="--inplace" in sys.argv))
