@@ -1,5 +1,4 @@
-import sys
-
+"""python -m ddpm_lib: the command line (cli.py)."""
 from .cli import main
 
-sys.exit(main())
+raise SystemExit(main())

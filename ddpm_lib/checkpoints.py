@@ -63,15 +63,14 @@ def save_checkpoint(path, model, model_name, ema=None, optimizer=None, meta=None
 
 def resolve_checkpoint(path):
     """A checkpoint folder: ``path`` itself, or the one a run folder's ``latest`` names."""
-    path = os.fspath(path)
-    latest = os.path.join(path, "latest")
+    latest = os.path.join(os.fspath(path), "latest")
     if os.path.isfile(latest):
         with open(latest, encoding="utf-8") as f:
             name = f.read().strip()
         if not os.path.isfile(os.path.join(path, name, "config.json")):
             raise ValueError(f"{latest} names {name!r}, which holds no config.json: "
                              "delete the latest file to start the run again")
-        return os.path.join(path, name)
+        return os.path.join(os.fspath(path), name)
     if os.path.isfile(os.path.join(path, "config.json")):
         return path
     raise ValueError(f"no checkpoint at {path!r} (no config.json and no 'latest' file)")
@@ -83,7 +82,7 @@ def read_config(path):
     try:
         with open(file, encoding="utf-8") as f:
             config = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+    except ValueError as e:  # a JSONDecodeError or a UnicodeDecodeError
         raise ValueError(f"{file} is not valid JSON ({e}): {REDO}") from None
     keys = ("format", "model", "meta", "sha256")
     missing = [k for k in keys if k not in config] if isinstance(config, dict) else list(keys)

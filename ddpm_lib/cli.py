@@ -1,8 +1,5 @@
-"""Command line: ``python -m ddpm_lib train ...`` and ``python -m ddpm_lib sample ...``.
-
-train writes a run folder of checkpoints (``step-NNNNNNN/`` + ``latest``) holding the model,
-its EMA and the optimizer; ``--resume`` continues it with no lost or repeated step.
-"""
+"""Command line: ``python -m ddpm_lib train ...`` (a run folder of checkpoints; ``--resume``
+continues it with no lost or repeated step) and ``python -m ddpm_lib sample ...``."""
 import argparse
 import os
 import platform
@@ -35,12 +32,6 @@ def _checked(cast, ok, what):
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _non_negative_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _checked(float, lambda v: v > 0, "a positive number")
-
-
-def _hardware(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type} ({os.cpu_count()} cores, {platform.machine()})"
 
 
 def _common_options(p, func):  # what train and sample share; func runs the command
@@ -114,7 +105,8 @@ def cmd_train(args, argv):
             "num_train_images": int(data.images.shape[0]), "num_timesteps": args.num_timesteps,
             "ema_decay": args.ema_decay, "precision": args.precision,
             "channels_last": args.channels_last, "compile": args.compile, "commands": [],
-            "hardware": _hardware(device), "torch": torch.__version__, "wall_time_s": 0.0,
+            "hardware": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"{device.type} ({os.cpu_count()} cores, {platform.machine()})", "torch": torch.__version__, "wall_time_s": 0.0,
             "losses": []}
     if args.resume:
         old = read_config(args.out)["meta"]

@@ -25,8 +25,7 @@ def default_root():
 
 
 def _to_unit_range(x_uint8_like):  # 0..255 -> [-1, 1], shape (N, 1, 28, 28)
-    x = torch.as_tensor(np.asarray(x_uint8_like, dtype=np.float32)).reshape(-1, 1, 28, 28)
-    return x / 127.5 - 1.0
+    return torch.as_tensor(np.asarray(x_uint8_like, dtype=np.float32)).reshape(-1, 1, 28, 28) / 127.5 - 1
 
 
 def _load_embedded(split):
@@ -54,15 +53,10 @@ def _load_torchvision(split, root, download):
 
 
 def load_mnist(split="train", source="auto", root=None, download=False):
-    """Load MNIST digits; returns ``Digits(images, labels, source)``.
-
-    split: "train" | "test"; source: "auto" | "embedded" | "torchvision" (see module doc);
-    root: torchvision's data folder (default ``default_root()``); download: let torchvision
-    download when files are missing (needs internet). Raises ValueError on a bad option, and
-    on source="torchvision" with no files and download=False.
-    """
-    check_choice(split, "split", SPLITS)
-    check_choice(source, "source", SOURCES)
+    """MNIST digits as ``Digits(images, labels, source)``. split: "train" | "test"; source:
+    "auto" | "embedded" | "torchvision" (module doc); root: torchvision's folder (default
+    ``default_root()``); download: let torchvision download missing files (needs internet)."""
+    check_choice(split, "split", SPLITS), check_choice(source, "source", SOURCES)
     root = default_root() if root is None else os.fspath(root)
     if source == "embedded":
         return _load_embedded(split)

@@ -8,9 +8,8 @@ from .validation import check_tensor, check_timesteps
 def q_sample(x0, t, schedule, noise=None):
     """Sample x_t ~ q(x_t | x_0) in closed form (前向过程, eq. closed-form).
 
-    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
-    Args: x0 (B, ...); t: (B,) 0-based or an int; noise: eps like x0 (drawn if None).
-    Returns x_t like x0. Raises ValueError on an out-of-range t or a mismatched noise.
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps. x0: (B, ...); t: (B,) 0-based or an int;
+    noise: eps like x0 (drawn if None). Raises ValueError on a bad t or a mismatched noise.
     """
     check_tensor(x0, "x0")
     t = check_timesteps(t, x0, schedule.num_timesteps)
@@ -22,10 +21,8 @@ def q_sample(x0, t, schedule, noise=None):
 def q_step(x_prev, t, schedule, noise=None):
     """Take one forward step x_t ~ q(x_t | x_{t-1}) (前向过程, eq. forward-step).
 
-    x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps.
-    Args: x_prev (B, ...), the sample at index t - 1 (x_0 when t = 0); t: (B,) 0-based or an
-    int; noise like x_prev (drawn if None). Raises ValueError like :func:`q_sample`.
-    """
+    x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps. x_prev: (B, ...), the sample at index
+    t - 1 (x_0 when t = 0); t and noise as for :func:`q_sample`."""
     check_tensor(x_prev, "x_prev")
     t = check_timesteps(t, x_prev, schedule.num_timesteps)
     noise = torch.randn_like(x_prev) if noise is None else check_tensor(noise, "noise", x_prev, "x_prev")

@@ -1,10 +1,7 @@
-"""Sample quality for digits (chapter 6): a small classifier trained on the embedded split
-(``tools/make_weights.py``), and in its feature space the Fréchet distance to held-out digits,
-the confident fraction and the class entropy. A model that draws one digit well scores badly
-on entropy; blurry digits on confidence.
-
-Reference sets (fixed): the 1,000 embedded test digits in a fixed shuffled order; the first
-256 are the "real" comparison set (the floor), the other 744 the reference for the distance.
+"""Sample quality for digits (chapter 6): in the feature space of a small classifier (trained by
+``tools/make_weights.py``), the Fréchet distance to held-out digits, the confident fraction and
+the class entropy. Reference sets: the 1,000 embedded test digits in a fixed shuffled order,
+the first 256 the "real" comparison set, the other 744 the reference for the distance.
 """
 import math
 import os
@@ -51,8 +48,7 @@ def load_classifier():
 def _predict(classifier, images, batch_size=500):
     feats, probs = [], []
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].float().clamp(-1, 1)
-        f = classifier.features(x)
+        f = classifier.features(images[i:i + batch_size].float().clamp(-1, 1))
         feats.append(f)
         probs.append(classifier.head(f).softmax(-1))
     return torch.cat(feats).double(), torch.cat(probs)

@@ -1,4 +1,4 @@
-"""Figures for the book: image grids and schedule curves. Text is maths/English only (no CJK glyphs)."""
+"""Figures for the book: image grids. Text is maths/English only (no CJK glyphs)."""
 import torch
 
 
@@ -23,19 +23,4 @@ def show_images(images, nrow=8, ax=None, title=None):
     ax.set_axis_off()
     if title is not None:
         ax.set_title(title)
-    return ax
-
-
-def plot_schedule(schedule, ax=None, label=""):
-    """Plot sqrt(abar_t) and sqrt(1 - abar_t) against the 0-based t (the seed's figure); returns ax."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.5))
-    ac = schedule.alphas_cumprod
-    suffix = f" ({label})" if label else ""
-    ax.plot(ac.sqrt(), label=r"$\sqrt{\bar\alpha_t}$" + suffix)
-    ax.plot((1 - ac).sqrt(), label=r"$\sqrt{1-\bar\alpha_t}$" + suffix)
-    ax.set_xlabel("t (0-based index)")
-    ax.legend()
     return ax

@@ -17,14 +17,11 @@ def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type=
     """Draw x_0 ~ p_theta by ancestral sampling (反向过程, Algorithm 2).
 
     x_T ~ N(0, I); for t = T-1 … 0 (0-based): x_{t-1} = mu_theta(x_t, t) + sigma_t z with
-    z ~ N(0, I), and no noise at t = 0.
-
-    Args:
+    z ~ N(0, I), and no noise at t = 0. Args:
         model: a denoiser ``eps = model(x_t, t)`` (``models.as_denoiser``), used as it is on
             the device of its parameters: ``.eval()``, ``torch.compile`` or channels_last
             are the caller's choices.
-        schedule: the NoiseSchedule it was trained with.
-        shape: (B, C, H, W) of the samples.
+        schedule: the NoiseSchedule it was trained with; shape: (B, C, H, W) of the samples.
         generator: a torch.Generator; its device draws the noise (x_T first, then z for
             t = T-1 … 1), so a CPU generator gives the same samples on any device.
         clip_x0: clamp the predicted x_0 to [-1, 1] and take the posterior mean at it
@@ -33,7 +30,6 @@ def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type=
             beta_t ("fixed_large").
         precision: "fp32", or "bf16" to run the model under ``torch.autocast``.
         return_trajectory: also return [x_T, …, x_0] as a (T+1, B, C, H, W) CPU tensor.
-        progress: show a tqdm bar.
     Returns x_0 (B, C, H, W) on the model's device, or (x_0, trajectory).
     """
     shape = check_images(shape, model, "shape")
@@ -51,8 +47,8 @@ def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type=
     # 1. x_T ~ N(0, I)
     x = normal()
     trajectory = [x.cpu()] if return_trajectory else None
-    steps = range(schedule.num_timesteps - 1, -1, -1)
-    for t in tqdm(steps, desc="sample", disable=not progress, bar_format=BAR_FORMAT):
+    for t in tqdm(range(schedule.num_timesteps - 1, -1, -1), desc="sample", disable=not progress,
+                  bar_format=BAR_FORMAT):
         t_batch = torch.full((shape[0],), t, device=device)
         # 2. eps_theta(x_t, t), the network's estimate of the noise in x_t
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):

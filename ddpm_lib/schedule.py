@@ -1,8 +1,6 @@
 """The noise schedule: beta_t, alpha_t and alpha-bar_t (chapter 前向过程, eq. schedule).
-
-Timesteps are 0-based indices like diffusers: code index ``t`` is the paper's ``t + 1``.
-Every derived quantity is computed once in float64, stored as float32 under the
-name the DDPM reference code uses, and read with :func:`extract`.
+Timesteps are 0-based indices like diffusers: code index ``t`` is the paper's ``t + 1``. Each
+derived quantity is computed once in float64, stored as float32 and read with :func:`extract`.
 """
 import copy
 import math
@@ -15,9 +13,7 @@ from .validation import check_betas, check_int
 class NoiseSchedule:
     """Fixed variance schedule beta_1..beta_T and everything derived from it.
 
-    betas: 1-D tensor (or sequence) of T values in (0, 1). Raises ValueError on a
-    non-1-D, empty, NaN or out-of-range input.
-    Attributes (each (T,) float32, indexed by the 0-based t): betas, alphas, alphas_cumprod,
+    betas: 1-D tensor (or sequence) of T values in (0, 1). Attributes (each (T,) float32, indexed by the 0-based t): betas, alphas, alphas_cumprod,
     alphas_cumprod_prev and the coefficients of the book's equations named below.
     """
 

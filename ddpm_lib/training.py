@@ -5,7 +5,7 @@ from tqdm import tqdm
 from .losses import ddpm_loss
 from .models import model_device
 from .sampling import BAR_FORMAT, PRECISIONS
-from .validation import check_choice, check_images, check_int, check_positive
+from .validation import check_choice, check_images, check_int
 
 
 def make_ema(model, decay=0.999):
@@ -25,11 +25,9 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
           ema=None, start_step=0, precision="fp32", progress=True):
     """Minimise L_simple with AdamW (优化目标, Algorithm 1); returns the loss of each step.
 
-    Args:
-        model: a denoiser (``models.as_denoiser``) on its device; put in training mode here
+    Args: model: a denoiser (``models.as_denoiser``) on its device; put in training mode here
             (``model.train()``) and left so. A ``torch.compile(model)`` trains the same weights.
-        images: (N, C, H, W) training data in [-1, 1], on any device.
-        schedule: a NoiseSchedule.
+        images: (N, C, H, W) training data in [-1, 1], on any device; schedule: a NoiseSchedule.
         steps: the total number of steps, of which ``start_step`` are already done: each
             step draws its batch, t and eps from a generator seeded by (seed, step), so a run
             split into pieces (``start_step`` = where the last piece stopped) equals one
@@ -41,7 +39,9 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
     """
     check_images(images, model, "images")
     check_int(steps, "steps"), check_int(seed, "seed"), check_int(batch_size, "batch_size", 1)
-    check_int(start_step, "start_step"), check_positive(lr, "lr")
+    check_int(start_step, "start_step")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
     check_choice(precision, "precision", PRECISIONS)
     if start_step > steps:
         raise ValueError(f"start_step ({start_step}) must not exceed steps ({steps})")

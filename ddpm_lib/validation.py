@@ -1,20 +1,11 @@
-"""Checks of user input at ddpm_lib's public entry points: each raises a ValueError naming the
-argument and what was expected. They read shapes, dtypes and Python numbers; the only value
-scans (betas, a timestep tensor's range, the training images) run once per public call, never
-once per step of a loop.
-"""
+"""Checks of user input at the public entry points: a ValueError naming the argument and what
+was expected. Value scans (betas, a timestep tensor's range, training images) run once a call."""
 import torch
 
 
 def check_int(value, name, minimum=0):
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def check_positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
     return value
 
 
@@ -50,10 +41,8 @@ def check_tensor(x, name, like=None, like_name=None):
 
 
 def check_timesteps(t, x, num_timesteps, name="t"):
-    """0-based timesteps for the batch x as a LongTensor of shape (B,) on x's device.
-
-    t: a Python int, or an integer tensor of shape (B,) or (), on any device.
-    """
+    """t (an int, or an integer tensor of shape (B,) or () on any device) as 0-based timesteps
+    for the batch x: a LongTensor of shape (B,) on x's device."""
     B, T = x.shape[0], num_timesteps
     if isinstance(t, int) and not isinstance(t, bool):
         if not 0 <= t < T:
@@ -73,10 +62,7 @@ def check_timesteps(t, x, num_timesteps, name="t"):
 
 
 def check_images(shape, model, name):
-    """A (B, C, H, W) shape of positive ints whose C is what the model expects, if it can tell.
-
-    shape: a tuple, or a tensor (then also checked by :func:`check_tensor`).
-    """
+    """A (B, C, H, W) shape (a tuple, or a tensor's) whose C is what the model expects."""
     from .models import model_in_channels
 
     if isinstance(shape, torch.Tensor) or not isinstance(shape, (tuple, list, torch.Size)):

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from diffusers import DDPMScheduler
 
@@ -69,3 +70,53 @@ def test_sample_runs_the_seed_basic_unet(linear):
     from ddpm_lib import BasicUNet
     out = sample(BasicUNet(), linear, (2, 1, 28, 28), generator=torch.Generator().manual_seed(0), progress=False)
     assert out.shape == (2, 1, 28, 28) and torch.isfinite(out).all()
+
+
+def test_sample_leaves_the_callers_model_as_it_was():
+    from ddpm_lib import BasicUNetFixed
+    model = BasicUNetFixed().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sample(model, NoiseSchedule.linear(num_timesteps=5), (2, 1, 28, 28), progress=False)
+    assert model.training  # no hidden .eval(): the caller chooses the mode
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) and v.is_contiguous()  # no in-place channels_last
+
+
+class _Recorder(torch.nn.Module):
+    """eps = conv(x_t): records the dtype its convolution computed in."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.dtypes = []
+
+    def forward(self, x, t):
+        out = self.conv(x)
+        self.dtypes.append(out.dtype)
+        return out
+
+
+def test_bf16_precision_runs_the_model_under_autocast():
+    s = NoiseSchedule.linear(num_timesteps=50)
+    torch.manual_seed(0)
+    model = _Recorder()
+    x32 = sample(model, s, (4, 1, 8, 8), generator=torch.Generator().manual_seed(0), progress=False)
+    assert set(model.dtypes) == {torch.float32}
+    model.dtypes.clear()
+    x16 = sample(model, s, (4, 1, 8, 8), generator=torch.Generator().manual_seed(0), progress=False,
+                 precision="bf16")
+    assert set(model.dtypes) == {torch.bfloat16} and x16.dtype == torch.float32
+    # bf16 keeps 8 bits of mantissa: the same samples to ~1e-2, not bit for bit
+    diff = (x16 - x32).abs()
+    assert 0 < diff.max().item() < 0.1 and diff.mean().item() < 0.02, diff.max().item()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (tools/gpu_bench.sh runs it)")
+def test_cuda_sample_with_a_cpu_generator_equals_the_cpu_sample():
+    import ddpm_lib as dl
+    model = dl.pretrained("basic-fixed")
+    s = NoiseSchedule.linear()
+    cpu = sample(model, s, (4, 1, 28, 28), generator=torch.Generator().manual_seed(0), progress=False)
+    gpu = sample(model.cuda(), s, (4, 1, 28, 28), generator=torch.Generator().manual_seed(0),
+                 progress=False)
+    assert gpu.device.type == "cuda" and (gpu.cpu() - cpu).abs().max().item() < 1e-2

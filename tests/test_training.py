@@ -58,3 +58,10 @@ def test_ema_warmup_decay():
     assert ema.get_decay(1) == 0.0
     assert abs(ema.get_decay(11) - 11 / 20) < 1e-12
     assert ema.get_decay(100_000) == 0.999
+
+
+def test_train_puts_the_model_in_training_mode_and_says_so():
+    model = dl.BasicUNetFixed().eval()
+    dl.train(model, tiny_data()[:8], NoiseSchedule.linear(), steps=1, batch_size=2, progress=False)
+    assert model.training
+    assert "model.train()" in dl.train.__doc__

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# What ran on the lent GPU to train the shipped unet2d checkpoint (ddpm_lib/weights/) and check the
-# GPU fast paths. (The shipped basic-fixed was later retrained on a 2-core CPU with unet2d's budget,
+# What ran on the lent GPU to train the shipped unet2d checkpoint (ddpm_lib/weights/) and run the
+# GPU checks (tools/gpu_checks.py). (The shipped basic-fixed was later retrained on a 2-core CPU with unet2d's budget,
 # 6000 x 256: its command is in MANIFEST.json; tools/ship_model.py exported it.) Usage: tools/gpu_session.sh OUT [smoke]. The device image has torch but not
 # diffusers/mlxtend: their wheels travel in .gpuwheels/.
 set -u

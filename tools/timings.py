@@ -90,6 +90,30 @@ def speedup(r, a, b):
     return va / vb if r["unit"] == "images/s" else vb / va
 
 
+def compile_paragraph(results):
+    """torch.compile: what the first call costs (compile_cpu.json) against what each sampling step
+    saves (the CPU table's torch.compile row), and so after how many steps it pays."""
+    text = ("- **`torch.compile`**（`torch.compile(model)`、`--compile`）：训练和采样都接受编译后的模型；"
+            "在 CUDA 上 `mode=\"reduce-overhead\"` 用 CUDA graph 省掉每步的启动开销。")
+    path, bench = os.path.join(results, "compile_cpu.json"), os.path.join(results, "bench_cpu.json")
+    if not (os.path.isfile(path) and os.path.isfile(bench)):
+        return text
+    c, b = json.load(open(path, encoding="utf-8")), json.load(open(bench, encoding="utf-8"))
+    parts = []
+    for name, m in c["models"].items():
+        r = next((r for r in b["rows"] if r["what"].startswith(f"sample {name} ")), None)
+        if r is None or "torch.compile" not in r["values"]:
+            continue
+        saved = (r["values"]["ddpm_lib"] - r["values"]["torch.compile"]) / 1000  # seconds a step
+        pays = f"约 {m['first_call_s'] / saved:.0f} 步后收回" if saved > 0 else "收不回来"
+        parts.append(f"`{name}` 第一次调用（编译）用 {m['first_call_s']} 秒，之后 64 张图的 1000 步采样"
+                     f"从 {r['values']['ddpm_lib']} 秒变为 {r['values']['torch.compile']} 秒，编译的时间{pays}")
+    if parts:
+        text += (f"在本页的 CPU 上（`bench/compile_cpu.py`，{c['device']}）：" + "；".join(parts)
+                 + "。步数比这少的采样不值得编译。基准表没有计时 CPU 上编译的训练步骤。")
+    return text
+
+
 def render_page(info):
     """The text of book/timings.md from the saved numbers, the notebooks and the benchmark files."""
     rows = info["rows"]
@@ -148,10 +172,9 @@ def render_page(info):
               "它只在有 bf16 运算单元的硬件上快（GPU，以及带 AVX512-BF16 或 AMX 的 CPU）。"]
     for what, why in skipped.items():
         lines[-1] += f"在本页的测量设备上（{what}）：{why.replace('no bf16 units, not timed', '没有 bf16 单元，未计时')}。"
+    lines += [compile_paragraph(results)]
     lines += ["- **channels_last**（`model.to(memory_format=torch.channels_last)`、`--channels-last`）：改变内存布局，"
               "不改变计算；上表中 `basic-fixed` 的 5×5 卷积从中受益。",
-              "- **`torch.compile`**（`torch.compile(model)`、`--compile`）：训练和采样都接受编译后的模型；"
-              "在 CUDA 上 `mode=\"reduce-overhead\"` 用 CUDA graph 消除每步的启动开销。编译本身要花时间，步数少时不划算。",
               ""]
     return "\n".join(lines)
 

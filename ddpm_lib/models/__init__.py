@@ -17,11 +17,8 @@ def build_model(name, num_timesteps=1000):
 
 
 def as_denoiser(model):
-    """Adapt a model to ``eps = f(x_t, t)``.
-
-    The seed's BasicUNet ignores t; a diffusers UNet2DModel returns ``.sample``; any other
-    callable is called as ``model(x_t, t)`` (an output with ``.sample`` is unwrapped).
-    """
+    """Adapt a model to ``eps = f(x_t, t)``: the seed's BasicUNet ignores t; any other callable
+    is called as ``model(x_t, t)``, and an output with ``.sample`` (diffusers') is unwrapped."""
     if type(getattr(model, "_orig_mod", model)) is BasicUNet:  # _orig_mod: under torch.compile
         return lambda xt, t: model(xt)
     if not callable(model):
@@ -41,9 +38,8 @@ def model_device(model):
 
 def model_in_channels(model):
     """The input channel count a model expects (x_t's channels), or None if it cannot tell."""
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "in_channels"):
-        return config.in_channels
+    if hasattr(getattr(model, "config", None), "in_channels"):
+        return model.config.in_channels
     if isinstance(model, BasicUNetFixed):
         return model.down_layers[0].in_channels - 1
     if isinstance(model, BasicUNet):

@@ -6,11 +6,9 @@ from torch import nn
 class BasicUNet(nn.Module):
     """一个十分简单的UNet网络部署 — the seed's class (309,057 parameters).
 
-    forward(x): x (B, in_channels, H, W) with H, W divisible by 4. It never sees t, and
-    its final SiLU bounds the output below by -0.278: chapter 5 shows why that fails.
-    The seed's code with one line made a setting (``final_act``), so that
-    :class:`BasicUNetFixed` can state its changes; chapter 5 checks it equals the seed's.
-    """
+    forward(x): x (B, in_channels, H, W), H and W divisible by 4. It never sees t, and its final
+    SiLU bounds the output below by -0.278 (chapter 5). The seed's code with one setting added
+    (``final_act``) so that :class:`BasicUNetFixed` can state its changes; chapter 5 checks it."""
 
     final_act = True  # the seed applies its activation after the last layer too
 

@@ -2,10 +2,7 @@
 
 
 def make_unet2d(sample_size=28, in_channels=1, out_channels=1):
-    """Build the seed's ``UNet2DModel`` exactly (1,707,009 parameters for 1 channel).
-
-    Returns a diffusers ``UNet2DModel``; call it as ``model(x_t, t).sample``.
-    """
+    """The seed's diffusers ``UNet2DModel``, exactly (1,707,009 parameters for 1 channel)."""
     from diffusers import UNet2DModel
 
     return UNet2DModel(
