@@ -65,6 +65,16 @@ def peak_extra_mib(fn, device):
     return value, None if start is None else memory_mib(device, "peak") - start
 
 
+def cpu_name():
+    """The CPU as a reader would look it up: model, cores, and its widest vector instructions."""
+    info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    model = re.search(r"model name\s*:\s*(.*)", info)
+    flags = set(re.search(r"flags\s*:\s*(.*)", info).group(1).split()) if "flags" in info else set()
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return (f"cpu ({model.group(1).strip() if model else platform.processor()}, {os.cpu_count()} cores, "
+            f"{platform.machine()}{', ' + ' '.join(isa) if isa else ''})")
+
+
 def fresh(name, device):
     torch.manual_seed(0)
     return dl.build_model(name).to(device)
@@ -250,10 +260,9 @@ def main(argv=None):
         probe = bf16_probe(name, device)
         if probe["bf16"] > 1.5 * probe["fp32"]:  # emulated: minutes a step, and no reader's lever
             del levers["bf16"]
-            skipped[f"{name} bf16"] = (f"one 32-image forward took {probe['bf16']} ms under bf16 "
-                                       f"autocast vs {probe['fp32']} ms in fp32 on this device: "
-                                       "no bf16 units, not timed")
-            print(skipped[f"{name} bf16"], flush=True)
+            skipped[f"{name} bf16"] = {"forward_ms_32_images": probe,
+                                       "why": "bf16 emulated (no bf16 units): not timed"}
+            print(name, skipped[f"{name} bf16"], flush=True)
         if gpu:
             steps = 30 if args.quick else 100
         else:
@@ -298,7 +307,7 @@ def main(argv=None):
         rows.append(row(f"sample {name} (64 images, 1000 steps)", "s", ["DDPMPipeline", *sample_levers],
                         values, memory, **extra))
         print(rows[-1], flush=True)
-    info = {"device": torch.cuda.get_device_name(device) if gpu else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
+    info = {"device": torch.cuda.get_device_name(device) if gpu else cpu_name(),
             "torch": torch.__version__, "quick": args.quick, "repeats": repeats,
             "order": "rotated each round", "rows": rows, "skipped": skipped}
     print(f"device: {info['device']}  torch {info['torch']}  repeats {repeats} (medians)")

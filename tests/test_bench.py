@@ -56,7 +56,8 @@ def test_quick_cpu_run_writes_the_table(tmp_path):
     # only where the CPU has bf16 units (else the reason is recorded, with the probe's times)
     levers = ["bf16", "channels_last"] if not info["skipped"] else ["channels_last"]
     assert set(info["skipped"]) <= {"basic-fixed bf16"}
-    assert all("ms under bf16" in why for why in info["skipped"].values())
+    assert all(s["forward_ms_32_images"]["bf16"] > 1.5 * s["forward_ms_32_images"]["fp32"]
+               for s in info["skipped"].values())
     assert list(train["values"]) == ["plain loop", "ddpm_lib", *levers]
     assert list(samp["values"]) == ["DDPMPipeline", "ddpm_lib", *levers]
     for r in info["rows"]:
