@@ -124,7 +124,7 @@ def render_page(info):
         "## 每个笔记本的执行时间",
         "",
         "每个笔记本从头执行一遍所用的时间（`make timings` 生成本页；包括启动内核）。本书的发布模型都已训练好，"
-        "笔记本里只有短暂的现场训练和采样。",
+        "笔记本里只有短暂的训练和采样。",
         "",
         f"测量环境：{info['machine']}，GPU：{'有' if info['cuda'] else '无'}，PyTorch {info['torch']}，{info['date']}。",
         "",
