@@ -11,6 +11,13 @@ VARIANCE_TYPES = ("fixed_small", "fixed_large")
 PRECISIONS = ("fp32", "bf16")
 
 
+def draw_normal(shape, generator, device):
+    """N(0, I) of ``shape`` drawn on the generator's device (so a CPU generator gives the same
+    numbers on any device), moved to ``device``."""
+    g_device = device if generator is None else generator.device
+    return torch.randn(shape, generator=generator, device=g_device).to(device)
+
+
 @torch.inference_mode()
 def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type="fixed_small",
            precision="fp32", return_trajectory=False, progress=True):
@@ -40,12 +47,8 @@ def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type=
     schedule = schedule.to(device)
     variances = schedule.posterior_variance if variance_type == "fixed_small" else schedule.betas
 
-    def normal():  # N(0, I) from the generator, on the model's device
-        g_device = device if generator is None else generator.device
-        return torch.randn(shape, generator=generator, device=g_device).to(device)
-
     # 1. x_T ~ N(0, I)
-    x = normal()
+    x = draw_normal(shape, generator, device)
     trajectory = [x.cpu()] if return_trajectory else None
     for t in tqdm(range(schedule.num_timesteps - 1, -1, -1), desc="sample", disable=not progress,
                   bar_format=BAR_FORMAT):
@@ -60,7 +63,7 @@ def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type=
         else:
             mean = p_mean(x, t, eps, schedule)
         # 4. x_{t-1} = mean + sigma_t z; the last step (t = 0) returns the mean itself
-        x = mean + variances[t].sqrt() * normal() if t > 0 else mean
+        x = mean + variances[t].sqrt() * draw_normal(shape, generator, device) if t > 0 else mean
         if return_trajectory:
             trajectory.append(x.cpu())
     return (x, torch.stack(trajectory)) if return_trajectory else x
