@@ -52,6 +52,7 @@ timings: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py --json bench/results/bench_cpu.json
 	$(BIN)/python bench/compile_cpu.py
+	$(BIN)/python bench/fast_sampling.py --json bench/results/fast_sampling_cpu.json
 	$(BIN)/python tools/timings.py --page-only
 
 clean:

@@ -8,9 +8,10 @@ import time
 
 import torch
 
-from .checkpoints import (commit_run_checkpoint, load_checkpoint, load_tensors,
-                          load_training_state, read_config)
+from .checkpoints import (PRETRAINED, WEIGHTS_DIR, commit_run_checkpoint, load_checkpoint,
+                          load_tensors, load_training_state, pretrained, read_config)
 from .data import SOURCES, load_mnist
+from .fast_sampling import SPACINGS, ddim_sample, respaced_sample
 from .models import MODEL_NAMES, build_model
 from .schedule import NoiseSchedule
 from .training import make_ema, train
@@ -61,7 +62,15 @@ def build_parser():
     t.add_argument("--ema-decay", type=_positive_float, default=0.999)
     _common_options(t, cmd_train)
     s = sub.add_parser("sample", help="draw samples from a checkpoint and save a grid")
-    s.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder with 'latest'")
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--checkpoint", help="checkpoint folder, or a run folder with 'latest'")
+    where.add_argument("--pretrained", choices=PRETRAINED, help="a model shipped with ddpm_lib")
+    s.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+    s.add_argument("--steps", type=_positive_int, default=None,
+                   help="sampling steps (default: all T for ddpm, 50 for ddim; fewer = respaced)")
+    s.add_argument("--eta", type=_checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+                   default=None, help="DDIM's eta (default 0: deterministic)")
+    s.add_argument("--spacing", choices=SPACINGS, default="leading", help="which timesteps to visit")
     s.add_argument("-n", type=_positive_int, default=64, help="number of images")
     s.add_argument("--out", required=True, help="PNG file for the grid")
     s.add_argument("--weights", choices=("ema", "model"), default="ema")
@@ -145,13 +154,29 @@ def cmd_sample(args, argv):
 
     from .sampling import sample
 
-    model, cfg = load_checkpoint(args.checkpoint, weights=args.weights, device=_device(args.device))
+    if args.eta is not None and args.sampler != "ddim":
+        raise SystemExit("error: --eta is DDIM's parameter; add --sampler ddim")
+    device = _device(args.device)
+    if args.pretrained:
+        model, cfg = pretrained(args.pretrained, device=device), read_config(
+            os.path.join(WEIGHTS_DIR, args.pretrained))
+    else:
+        model, cfg = load_checkpoint(args.checkpoint, weights=args.weights, device=device)
     schedule = NoiseSchedule.linear(num_timesteps=cfg["meta"].get("num_timesteps", 1000))
-    g = torch.Generator().manual_seed(args.seed)
-    x = sample(_prepare(model, args), schedule, (args.n, 1, 28, 28), generator=g,
-               progress=not args.no_progress, precision=args.precision)
+    T, net = schedule.num_timesteps, _prepare(model, args)
+    steps = args.steps or (T if args.sampler == "ddpm" else min(50, T))
+    kw = dict(generator=torch.Generator().manual_seed(args.seed), progress=not args.no_progress,
+              precision=args.precision)
+    shape = (args.n, 1, 28, 28)
+    if args.sampler == "ddim":
+        x = ddim_sample(net, schedule, shape, num_steps=steps, eta=args.eta or 0.0,
+                        spacing=args.spacing, **kw)
+    elif steps < T:
+        x = respaced_sample(net, schedule, shape, num_steps=steps, spacing=args.spacing, **kw)
+    else:
+        x = sample(net, schedule, shape, **kw)
     save_image((x.clamp(-1, 1) + 1) / 2, args.out, nrow=args.nrow, padding=2, pad_value=1.0)
-    print(f"wrote {args.n} samples to {args.out}")
+    print(f"wrote {args.n} samples ({args.sampler}, {steps} steps) to {args.out}")
     return 0
 
 

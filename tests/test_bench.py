@@ -70,3 +70,18 @@ def test_speedup_reads_images_per_second_up_and_seconds_down():
     assert bench.speedup(r, "a", "b") == 3.0
     r = {"unit": "s", "values": {"a": 30.0, "b": 10.0}}
     assert abs(bench.speedup(r, "a", "b") - 1 / 3) < 1e-12
+
+
+def test_fewer_steps_bench_writes_its_row(tmp_path):
+    out = tmp_path / "fast.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "fast_sampling.py"), "--repeats", "1",
+                    "--n", "2", "--short", "3", "--json", str(out)], check=True, cwd=ROOT,
+                   capture_output=True, timeout=600)
+    info = json.loads(out.read_text())
+    assert list(info["values"]) == ["DDPMPipeline, 1000 steps", "ddpm_lib.sample, 1000 steps",
+                                    "ddim_sample, 20 steps", "ddim_sample, 10 steps",
+                                    "DPM-Solver++(2M), 10 steps"]
+    ratio = info["times_fewer_seconds_than_the_pipeline"]
+    assert ratio["DDPMPipeline, 1000 steps"] == 1.0 and min(info["values"].values()) > 0
+    # even a smoke run sees 1000 steps cost far more than 20 (no speed bar is asserted here)
+    assert ratio["ddim_sample, 20 steps"] > 5

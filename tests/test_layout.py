@@ -20,6 +20,8 @@ def complexity(path, name):
 def test_the_algorithms_are_short_and_plain():
     assert complexity(os.path.join(CORE, "sampling.py"), "sample") <= 8
     assert complexity(os.path.join(CORE, "training.py"), "train") <= 12
+    for name in ("ddim_sample", "ddim_invert", "respace"):
+        assert complexity(os.path.join(CORE, "fast_sampling.py"), name) <= 8, name
 
 
 def test_complexity_counts_branches():  # the measure itself: 1 + one per decision
@@ -32,7 +34,11 @@ def test_complexity_counts_branches():  # the measure itself: 1 + one per decisi
 def test_core_size_and_imports():
     files = glob.glob(os.path.join(CORE, "**", "*.py"), recursive=True)
     lines = sum(len(open(f, encoding="utf-8").read().splitlines()) for f in files)
-    assert lines <= 1100, lines
+    # issue #16 left chapters 1-6, checkpoints and the CLI at 1,100 lines; each later chapter
+    # brings its own budget (ch. 7:
+    # fast_sampling.py 125 lines, CLI options 25, sampling.draw_normal 3, exports 2)
+    budget = {"chapters 1-6 and tooling": 1100, "ch. 7 fast sampling": 160}
+    assert lines <= sum(budget.values()), lines
     for f in files:
         src = open(f, encoding="utf-8").read()
         assert "torch.jit" not in src and "threading" not in src, f
@@ -45,3 +51,5 @@ def test_the_sampler_and_the_loop_use_the_librarys_formulas():
     for name in ("p_mean(", "predict_x0(", "q_posterior("):
         assert name in sampling
     assert "ddpm_loss(" in training and "mse_loss" not in training
+    fast = open(os.path.join(CORE, "fast_sampling.py"), encoding="utf-8").read()
+    assert "predict_x0(" in fast and "sample(SpacedModel(" in fast  # respaced DDPM is sample()

@@ -7,6 +7,7 @@ the running times the chapters quote against the saved cell times.
     python tools/timings.py              # execute and time, then write the page
     python tools/timings.py --page-only  # rewrite the page from the saved numbers
     python tools/timings.py --inplace    # also save the executed notebooks (`make execute`)
+    python tools/timings.py --inplace --only=07_fast_sampling.ipynb  # one notebook, keep the rest
 """
 import datetime
 import glob
@@ -41,13 +42,19 @@ def cell_label(source):
     return "`" + (line if len(line) <= 60 else line[:57] + "...") + "`"
 
 
-def measure(inplace=False):
+def measure(inplace=False, only=None):
+    """Execute and time the notebooks (``only``: just these file names, the other rows are
+    kept from the saved file)."""
     import nbformat
     import torch
     from nbclient import NotebookClient
 
     rows = []
     for path in sorted(glob.glob(os.path.join(ROOT, "book", "*.ipynb"))):
+        if only and os.path.basename(path) not in only:
+            old = json.load(open(SAVED, encoding="utf-8"))["rows"]
+            rows += [r for r in old if r["notebook"] == os.path.basename(path)]
+            continue
         nb = nbformat.read(path, as_version=4)
         title = next(c.source.splitlines()[0].lstrip("# ") for c in nb.cells if c.cell_type == "markdown")
         t0 = time.perf_counter()
@@ -166,8 +173,9 @@ def render_page(info):
         lines += ["现在的代码还没有在 GPU 上测过；`tools/gpu_bench.sh` 是在借来的 GPU 上一次跑完这些行的脚本。", ""]
     lines += ["## 提速的几个选择", "",
               "`ddpm_lib` 的采样和训练只是论文的算法 2 和算法 1；更快的办法都是调用者自己做的一个选择，每个都是一个库调用：", "",
-              "- **更少的步数**。每一步都要跑一次网络，采样的时间与步数成正比；少走步数的采样器（DDIM 等）"
-              "把 1000 步减到几十步，省下的时间按倍数计，上表中任何一个选择都比不上。",
+              "- **更少的步数**（{doc}`07_fast_sampling`）。每一步都要跑一次网络，采样的时间与步数成正比；"
+              "少走步数的采样器（DDIM 等）把 1000 步减到几十步，省下的时间按倍数计，上表中任何一个选择都比不上。"
+              + fewer_steps_sentence(results),
               "- **bf16 自动混合精度**（`precision=\"bf16\"`、`--precision bf16`）：模型在 `torch.autocast` 下运行。"
               "要有 bf16 运算单元它才可能快（GPU，以及带 AVX512-BF16 或 AMX 的 CPU），没有时是模拟出来的。"]
     if skipped:
@@ -182,6 +190,18 @@ def render_page(info):
     return "\n".join(lines)
 
 
+def fewer_steps_sentence(results):
+    """bench/fast_sampling.py's row, as a sentence (empty if it has not been run)."""
+    path = os.path.join(results, "fast_sampling_cpu.json")
+    if not os.path.isfile(path):
+        return ""
+    b = json.load(open(path, encoding="utf-8"))
+    parts = [f"{k} {v:.1f} 秒（{b['times_fewer_seconds_than_the_pipeline'][k]:.0f}×）"
+             for k, v in b["values"].items()]
+    return (f"`bench/fast_sampling.py` 在同一个进程中交替计时 `unet2d` 的 {b['images']} 个数字"
+            f"（{b['device']}，每种 {b['repeats']} 次取中位数）：" + "；".join(parts) + "。")
+
+
 def write_page(info):
     with open(os.path.join(ROOT, "book", "timings.md"), "w", encoding="utf-8") as f:
         f.write(render_page(info))
@@ -190,4 +210,5 @@ def write_page(info):
 
 if __name__ == "__main__":
     write_page(json.load(open(SAVED, encoding="utf-8")) if "--page-only" in sys.argv
-               else measure(inplace="--inplace" in sys.argv))
+               else measure(inplace="--inplace" in sys.argv,
+                            only=[a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")]))

@@ -17,7 +17,8 @@ HTML = os.path.join(ROOT, "_build", "html")
 SHOTS = os.path.join(ROOT, "_build", "screenshots")
 CHROMIUM = "/usr/bin/chromium"
 MATH_PAGES = {"book/preface", "book/01_introduction", "book/02_forward_process", "book/03_reverse_process",
-              "book/04_objective", "book/05_basic_unet", "book/06_unet2d", "book/errata", "book/glossary"}
+              "book/04_objective", "book/05_basic_unet", "book/06_unet2d", "book/07_fast_sampling",
+              "book/errata", "book/glossary"}
 
 
 def toc_pages():
