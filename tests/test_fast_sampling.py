@@ -117,6 +117,17 @@ def test_ddim_with_eta_1_and_all_steps_is_the_ancestral_sampler(linear):
     assert (ddpm - ddim0).abs().max().item() > 0.1  # eta = 0 is another sampler
 
 
+@pytest.mark.parametrize("num_steps", [10, 50])
+def test_ddim_with_eta_1_on_a_subsequence_is_respaced_ddpm(linear, num_steps):
+    # sigma^2 = beta-tilde' and the mean is the posterior mean of the respaced chain
+    kw = dict(generator=torch.Generator().manual_seed(6), progress=False, num_steps=num_steps)
+    ddim = ddim_sample(wiggly_eps, linear, (3, 1, 6, 6), eta=1.0, **kw)
+    kw["generator"] = torch.Generator().manual_seed(6)
+    respaced = respaced_sample(wiggly_eps, linear, (3, 1, 6, 6), **kw)
+    err = (ddim - respaced).abs().max().item()
+    assert err < 1e-4, err
+
+
 def test_ddim_eta_0_is_deterministic_given_x_T(linear):
     x_T = torch.randn(2, 1, 6, 6)
     a = ddim_sample(wiggly_eps, linear, x_T.shape, num_steps=20, x_T=x_T,

@@ -5,7 +5,7 @@ Each configuration draws 256 digits as 4 batches of 64 (batch b starts from
 each batch, and rates the 256 with ``ddpm_lib.metrics.evaluate``. Writes
 ``book/results/fast_sampling.json`` and the first 16 digits of each configuration to
 ``book/results/fast_sampling_samples.safetensors``; configurations already in the JSON are
-skipped, so an interrupted run continues. About 40 minutes on a 2-core CPU:
+skipped, so an interrupted run continues. About 30 minutes on a 2-core CPU:
 
     .venv/bin/python tools/fast_sampling_table.py
 """
@@ -34,10 +34,11 @@ CONFIGS = [("ddim", 10, 0.0, "leading"), ("ddim", 20, 0.0, "leading"),
            ("dpm_solver++", 10, None, "linspace"), ("dpm_solver++", 20, None, "linspace"),
            ("ddim", 10, 0.0, "trailing"), ("ddim", 20, 0.0, "trailing"),
            ("respaced_ddpm", 10, None, "leading"), ("respaced_ddpm", 20, None, "leading"),
-           ("ddim", 10, 1.0, "leading"), ("ddim", 20, 1.0, "leading"),
+           # eta = 1 on a subsequence is respaced DDPM (tests/test_fast_sampling.py): one row
+           # shows it, the others would repeat the respaced rows
+           ("ddim", 10, 1.0, "leading"),
            ("ddim", 50, 0.0, "leading"), ("respaced_ddpm", 50, None, "leading"),
-           ("ddim", 50, 1.0, "leading"), ("ddim", 100, 0.0, "leading"),
-           ("respaced_ddpm", 100, None, "leading"), ("ddim", 100, 1.0, "leading")]
+           ("ddim", 100, 0.0, "leading"), ("respaced_ddpm", 100, None, "leading")]
 
 
 def key(sampler, steps, eta, spacing):
