@@ -171,7 +171,7 @@ def cmd_sample(args, argv):
     if args.sampler == "ddim":
         x = ddim_sample(net, schedule, shape, num_steps=steps, eta=args.eta or 0.0,
                         spacing=args.spacing, **kw)
-    elif steps < T:
+    elif steps != T:  # fewer steps: respaced (more than T is rejected there)
         x = respaced_sample(net, schedule, shape, num_steps=steps, spacing=args.spacing, **kw)
     else:
         x = sample(net, schedule, shape, **kw)

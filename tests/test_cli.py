@@ -31,7 +31,7 @@ def cli(*args, **kw):
     (["sample", "--pretrained", "unet2d", "--eta", "0.5", "--out", "g.png"], "add --sampler ddim"),
     (["sample", "--pretrained", "unet2d", "--sampler", "ddim", "--eta", "2", "--out", "g.png"],
      "expected a number in [0, 1], got 2.0"),
-    (["sample", "--pretrained", "unet2d", "--steps", "1001", "--out", "g.png"],
+    (["sample", "--pretrained", "unet2d", "--steps", "1001", "-n", "1", "--out", "g.png"],
      "num_steps must lie in [1, 1000]"),
 ])
 def test_bad_arguments_exit_nonzero_with_a_message(args, message):
