@@ -145,3 +145,18 @@ def test_figures_fit_a_phone_width_page(browser, server, doc):
     os.makedirs(SHOTS, exist_ok=True)
     page.screenshot(path=os.path.join(SHOTS, "phone_" + doc.replace("/", "_") + ".png"))
     context.close()
+
+
+CHAPTERS = [d for d in toc_pages() if os.path.basename(d)[:2].isdigit()]
+
+
+@pytest.mark.parametrize("doc", CHAPTERS)
+def test_figures_are_sharp_on_a_high_dpi_screen(page, server, doc):
+    # every chapter draws its figures at twice the pixels the page shows (retina), so they stay
+    # sharp on a 2x screen; the animation's frames are drawn at the figure's own dpi
+    page.goto(f"{server}/{doc}.html", wait_until="load")
+    page.evaluate("() => Promise.all([...document.images].map(i => { i.loading = 'eager'; return i.decode().catch(() => null); }))")
+    ratios = page.evaluate("() => [...document.querySelectorAll('article .cell_output img')]"
+                           ".filter(i => !i.closest('.animation'))"
+                           ".map(i => i.naturalWidth / i.getBoundingClientRect().width)")
+    assert ratios and min(ratios) >= 1.9, ratios
