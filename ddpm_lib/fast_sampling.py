@@ -20,8 +20,8 @@ SPACINGS = ("leading", "trailing")
 
 def spaced_timesteps(num_steps, num_timesteps=1000, spacing="leading"):
     """The 0-based timesteps tau_0 < … < tau_{S-1} a num_steps sampler visits, as diffusers'
-    schedulers choose them: "leading" is 0, k, 2k, … with k = T // num_steps (it never visits
-    T - 1), "trailing" is round(T - j T / num_steps) - 1 for j = num_steps - 1 … 0 (it starts at
+    schedulers choose them: "leading" is 0, k, 2k, … with k = T // num_steps (below T steps it
+    never visits T - 1), "trailing" is round(T - j T / num_steps) - 1, j = num_steps - 1 … 0 (from
     T - 1; Lin et al. 2024)."""
     T = check_int(num_timesteps, "num_timesteps", 1)
     if check_int(num_steps, "num_steps", 1) > T:
