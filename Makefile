@@ -7,7 +7,7 @@ JB     := $(BIN)/jupyter-book build . -W -n --keep-going
 CHROMIUM := /usr/bin/chromium
 NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
 
-.PHONY: install book test unit nbval book-strict browser execute timings bench clean
+.PHONY: install book test unit nbval book-strict browser execute timings bench clean lab lab-student student grade
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,12 +48,33 @@ execute: $(STAMP)
 
 timings: $(STAMP)
 	$(BIN)/python tools/timings.py
+	$(BIN)/python tools/coursework.py page
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py --json bench/results/bench_cpu.json
 	$(BIN)/python bench/compile_cpu.py
 	$(BIN)/python bench/fast_sampling.py --json bench/results/fast_sampling_cpu.json
+	$(BIN)/python bench/grading.py --json bench/results/grading_cpu.json
 	$(BIN)/python tools/timings.py --page-only
+	$(BIN)/python tools/coursework.py page
+
+# The notebooks in JupyterLab, from the project's venv: the book (answers in place), or the
+# student release (`make student` first; `make lab-student` does both). LAB_ARGS: e.g. --port=8899
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=book $(LAB_ARGS)
+
+lab-student: student
+	$(BIN)/jupyter lab --notebook-dir=_build/student $(LAB_ARGS)
+
+# Coursework (book/teachers.md): the student release, and grading a folder of submissions
+# SUBMISSIONS/<student>/<chapter>.ipynb into one CSV table (GRADES, default grades.csv).
+GRADES ?= grades.csv
+student: $(STAMP)
+	$(BIN)/python tools/coursework.py student --out _build/student
+
+grade: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=DIR [GRADES=grades.csv]" >&2; exit 2; }
+	$(BIN)/python tools/coursework.py grade "$(SUBMISSIONS)" --out "$(GRADES)"
 
 clean:
 	rm -rf _build

@@ -101,3 +101,15 @@ def test_code_lines_fit_the_page(path):
         if c["cell_type"] == "code":
             for line in "".join(c["source"]).splitlines():
                 assert wcswidth(line) <= 88, f"cell {i}: {line}"
+
+
+def test_the_teachers_page_is_up_to_date():
+    # book/teachers.md's task tables are generated from the notebooks' nbgrader metadata and the
+    # saved timings: after adding a coded exercise or re-timing, run `python tools/coursework.py page`
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("coursework", os.path.join(ROOT, "tools", "coursework.py"))
+    coursework = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(coursework)
+    page = open(coursework.PAGE, encoding="utf-8").read()
+    assert page == coursework.render_page(), "book/teachers.md is stale: run `python tools/coursework.py page`"
+    assert "| 02 | `ch02-ex1` | 2 |" in page  # the table lists the tasks
