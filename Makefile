@@ -64,7 +64,7 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=book $(LAB_ARGS)
 
 lab-student: student
-	$(BIN)/jupyter lab --notebook-dir=_build/student $(LAB_ARGS)
+	$(BIN)/jupyter lab --notebook-dir=_build/student/book $(LAB_ARGS)
 
 # Coursework (book/teachers.md): the student release, and grading a folder of submissions
 # SUBMISSIONS/<student>/<chapter>.ipynb into one CSV table (GRADES, default grades.csv).

@@ -60,7 +60,7 @@ def set_answer(nb, task, body):
 def release(tmp_path_factory):
     out = tmp_path_factory.mktemp("student")
     coursework.student(str(out))
-    return out
+    return out / "book"  # the chapters; out/bench/results beside them, as in the repository
 
 
 def test_the_release_holds_no_answers_hidden_tests_prose_answers_or_outputs(release):
@@ -83,10 +83,15 @@ def test_the_release_holds_no_answers_hidden_tests_prose_answers_or_outputs(rele
     assert n_tasks >= 3 and len(marked_lines(src, "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")) >= 3
     assert ":::{dropdown} 练习" in "\n".join(source(c) for c in src["cells"])  # the check above is not vacuous
     assert (release / "results" / "ch1_reverse_chain.json").is_file()  # what chapter 1 reads
+    assert (release.parent / "bench" / "results" / "bench_cpu.json").is_file()  # and chapter 7
 
 
-def test_the_student_notebook_runs_until_its_first_task(release):
-    nb = nbformat.read(str(release / CHAPTER), as_version=4)
+WITH_TASKS = [os.path.basename(p) for p in coursework.chapters().values() if coursework.tasks(p)]
+
+
+@pytest.mark.parametrize("name", WITH_TASKS)
+def test_the_student_notebook_runs_until_its_first_task(release, name):
+    nb = nbformat.read(str(release / name), as_version=4)
     first = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("solution"))
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(release)}})
     with pytest.raises(CellExecutionError) as err:
@@ -94,6 +99,12 @@ def test_the_student_notebook_runs_until_its_first_task(release):
     assert err.value.ename == "NotImplementedError"
     ran = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("execution_count")]
     assert max(ran) == first and len(ran) == sum(c.cell_type == "code" for c in nb.cells[:first + 1])
+
+
+def test_every_chapter_has_at_least_three_coded_tasks():
+    for path in coursework.chapters().values():
+        assert len(coursework.tasks(path)) >= 3, os.path.basename(path)
+    assert WITH_TASKS == [os.path.basename(p) for p in coursework.chapters().values()]
 
 
 def test_a_hard_coded_answer_passes_the_visible_test(release):

@@ -11,8 +11,9 @@ are; this script makes the two things a course needs from them (book/teachers.md
     python tools/coursework.py page                              # their table in book/teachers.md
 
 `student` writes the student release: each chapter with the reference answers replaced by a stub,
-the hidden tests, all outputs and the prose answers (:::{dropdown} 练习 … 答案) removed, plus the
-results/ files the chapters read. `grade` grades DIR/<student>/<chapter>.ipynb (any chapters, any
+the hidden tests, all outputs and the prose answers (:::{dropdown} 练习 … 答案) removed, laid out
+as in the repository (out/book/ with book/results/, out/bench/results/: the files the chapters
+read by relative paths). `grade` grades DIR/<student>/<chapter>.ipynb (any chapters, any
 students) with `nbgrader autograde`, one student and chapter at a time in its own process: a cell
 may run CELL_TIMEOUT seconds, a notebook NOTEBOOK_TIMEOUT; test cells a student edited or deleted
 are put back from the source first, so a notebook that errors, loops or loses its tests scores 0
@@ -110,19 +111,27 @@ def nbgrader_api(course):
     return NbGraderAPI(CourseDirectory(config=config), config=config)
 
 
+def copy_bench_results(root):
+    """The benchmark tables some chapters read (``../bench/results/*.json``) under root/bench/results."""
+    os.makedirs(os.path.join(root, "bench", "results"), exist_ok=True)
+    for path in glob.glob(os.path.join(ROOT, "bench", "results", "*.json")):
+        shutil.copy(path, os.path.join(root, "bench", "results"))
+
+
 def student(out):
-    """The student release of every chapter, flat under out/ (chapters + results/)."""
+    """The student release of every chapter under out/book/ (with results/), and out/bench/results/."""
     ids = list(chapters())
     with tempfile.TemporaryDirectory() as course:
         make_course(course, ids)
         shutil.rmtree(out, ignore_errors=True)
-        os.makedirs(out)
+        os.makedirs(os.path.join(out, "book"))
         for aid in ids:
             release = os.path.join(course, "release", aid)
             for name in os.listdir(release):
                 if name.endswith(".ipynb"):
-                    shutil.copy(os.path.join(release, name), out)
-        shutil.copytree(os.path.join(BOOK, "results"), os.path.join(out, "results"))
+                    shutil.copy(os.path.join(release, name), os.path.join(out, "book"))
+        shutil.copytree(os.path.join(BOOK, "results"), os.path.join(out, "book", "results"))
+        copy_bench_results(out)
     n = sum(len(tasks(p)) for p in chapters().values())
     print(f"student release: {len(ids)} chapters, {n} coded tasks -> {out}")
 
@@ -157,6 +166,7 @@ def grade(submissions, out, cell_timeout=CELL_TIMEOUT, notebook_timeout=NOTEBOOK
             dest = os.path.join(course, "submitted", sid, aid)
             os.makedirs(dest, exist_ok=True)
             shutil.copy(path, dest)
+            copy_bench_results(os.path.join(course, "autograded", sid))  # ../bench/results of the run
             t0 = time.perf_counter()
             code, log = nbgrader(course, "autograde", aid, f"--student={sid}", "--create", "--force",
                                  f"--Execute.timeout={cell_timeout}", "--OverwriteCells.add_missing_cells=True",
@@ -215,7 +225,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("student", help="write the student release")
-    s.add_argument("--out", default=os.path.join(ROOT, "_build", "student"))
+    s.add_argument("--out", default=os.path.join(ROOT, "_build", "student"))  # chapters in out/book/
     g = sub.add_parser("grade", help="grade DIR/<student>/<chapter>.ipynb into a CSV table")
     g.add_argument("submissions")
     g.add_argument("--out", default="grades.csv")
