@@ -51,10 +51,10 @@ class BasicUNetFixed(BasicUNet):
     forward(x, t): x (B, in_channels, H, W); t (B,) 0-based long. 309,857 parameters.
     """
 
-    final_act = False  # change 2: no activation on the output (it can be any real number)
+    final_act = False  # change 1: no activation on the output (it can be any real number)
 
     def __init__(self, in_channels=1, out_channels=1, num_timesteps=1000):
-        super().__init__(in_channels + 1, out_channels)  # change 1: one more input channel ...
+        super().__init__(in_channels + 1, out_channels)  # change 2: one more input channel ...
         self.num_timesteps = num_timesteps
 
     def forward(self, x, t):
