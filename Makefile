@@ -60,11 +60,13 @@ bench: $(STAMP)
 
 # The notebooks in JupyterLab, from the project's venv: the book (answers in place), or the
 # student release (`make student` first; `make lab-student` does both). LAB_ARGS: e.g. --port=8899
+# (as root, e.g. in a container, Jupyter refuses to start without --allow-root)
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=book $(LAB_ARGS)
+	$(BIN)/jupyter lab --notebook-dir=book $(LAB_ROOT) $(LAB_ARGS)
 
 lab-student: student
-	$(BIN)/jupyter lab --notebook-dir=_build/student/book $(LAB_ARGS)
+	$(BIN)/jupyter lab --notebook-dir=_build/student/book $(LAB_ROOT) $(LAB_ARGS)
 
 # Coursework (book/teachers.md): the student release, and grading a folder of submissions
 # SUBMISSIONS/<student>/<chapter>.ipynb into one CSV table (GRADES, default grades.csv).
