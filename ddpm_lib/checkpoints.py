@@ -35,8 +35,8 @@ def write_text(path, text):
 
 
 def save_checkpoint(path, model, model_name, ema=None, optimizer=None, meta=None):
-    """Write a checkpoint folder at ``path``; returns path. model_name: "basic" | "basic-fixed"
-    | "unet2d"; ema: a ``make_ema`` average; meta: a JSON-able dict."""
+    """Write a checkpoint folder at ``path``; returns path. model_name: a ``models.MODEL_NAMES``
+    name; ema: a ``make_ema`` average; meta: a JSON-able dict."""
     from safetensors.torch import save_file
 
     os.makedirs(path, exist_ok=True)
@@ -49,6 +49,11 @@ def save_checkpoint(path, model, model_name, ema=None, optimizer=None, meta=None
     config = {"format": FORMAT, "model": model_name, "meta": meta or {}, "sha256": {}}
     if isinstance(model, BasicUNetFixed):
         config["model_kwargs"] = {"num_timesteps": model.num_timesteps}
+    if model_name == "unet2d-small":  # its make_small_unet2d arguments, read back from diffusers
+        c = model.config
+        config["model_kwargs"] = {"block_out_channels": list(c.block_out_channels),
+                                  "layers_per_block": c.layers_per_block, "attention": c.add_attention,
+                                  "norm_num_groups": c.norm_num_groups, "in_channels": c.in_channels}
     for fname, obj in files.items():
         target = os.path.join(path, fname)
         if fname.endswith(".pt"):
@@ -140,12 +145,12 @@ def load_training_state(path, optimizer, ema=None):
 
 def commit_run_checkpoint(run_dir, step, model, model_name, keep=2, **kwargs):
     """Save ``run_dir/step-NNNNNNN`` (kwargs as for save_checkpoint), then point
-    ``run_dir/latest`` at it atomically and delete all but the newest ``keep``."""
+    ``run_dir/latest`` at it atomically and delete all but the newest ``keep`` (0: keep all)."""
     name = f"step-{step:07d}"
     save_checkpoint(os.path.join(run_dir, name), model, model_name, **kwargs)
     write_text(os.path.join(run_dir, "latest"), name + "\n")
     old = sorted(d for d in os.listdir(run_dir) if d.startswith("step-") and d != name)
-    for d in old[:max(0, len(old) - (keep - 1))]:
+    for d in old[:max(0, len(old) - (keep - 1))] if keep else []:
         shutil.rmtree(os.path.join(run_dir, d), ignore_errors=True)
     return os.path.join(run_dir, name)
 

@@ -1,5 +1,6 @@
 """Command line: ``python -m ddpm_lib train ...`` (a run folder of checkpoints; ``--resume``
-continues it with no lost or repeated step) and ``python -m ddpm_lib sample ...``."""
+continues it with no lost or repeated step; the same command runs on N processes under
+``accelerate launch``) and ``python -m ddpm_lib sample ...``."""
 import argparse
 import os
 import platform
@@ -14,7 +15,15 @@ from .data import SOURCES, load_mnist
 from .fast_sampling import SPACINGS, ddim_sample, respaced_sample
 from .models import MODEL_NAMES, build_model
 from .schedule import NoiseSchedule
+from .targets import PREDICTION_TYPES
 from .training import make_ema, train
+
+# chapter 8's recipe for a CPU (book/08_cpu_training.ipynb measures each choice); flags given
+# beside --recipe override it
+RECIPES = {"cpu": dict(model="unet2d-small", batch_size=128, lr=2e-3, precision="bf16",
+                       prediction_type="v_prediction", snr_gamma=5.0, schedule="linear",
+                       ema_decay=0.999)}
+SCHEDULES = {"linear": NoiseSchedule.linear, "cosine": NoiseSchedule.cosine}
 
 
 def _checked(cast, ok, what):
@@ -46,12 +55,25 @@ def _common_options(p, func):  # what train and sample share; func runs the comm
     p.add_argument("--no-progress", action="store_true")
 
 
-def build_parser():
+def build_parser(recipe=None):
     p = argparse.ArgumentParser(prog="python -m ddpm_lib", description="Train and sample the book's DDPM models.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a denoiser on MNIST with L_simple")
-    t.add_argument("--model", required=True, choices=MODEL_NAMES)
+    t.add_argument("--recipe", choices=RECIPES, help="a preset of the options below (chapter 8)")
+    t.add_argument("--model", choices=MODEL_NAMES, help="required unless --recipe gives it")
     t.add_argument("--steps", required=True, type=_positive_int, help="total optimizer steps")
+    t.add_argument("--minutes", type=_positive_float, default=None,
+                   help="also stop at the first checkpoint after this much training wall time")
+    t.add_argument("--keep", type=_non_negative_int, default=2,
+                   help="checkpoints kept in --out (0: all)")
+    t.add_argument("--channels", type=_checked(lambda v: tuple(map(int, v.split(","))),
+                   lambda v: len(v) >= 2 and min(v) > 0, "channels like 16,32,64"),
+                   default=(16, 32, 64), help="unet2d-small: block_out_channels")
+    t.add_argument("--layers-per-block", type=_positive_int, default=1, help="unet2d-small")
+    t.add_argument("--attention", action="store_true", help="unet2d-small: self-attention at 7x7")
+    t.add_argument("--prediction-type", choices=PREDICTION_TYPES, default="epsilon")
+    t.add_argument("--snr-gamma", type=_positive_float, default=None, help="min-SNR-gamma weighting")
+    t.add_argument("--schedule", choices=SCHEDULES, default="linear")
     t.add_argument("--batch-size", type=_positive_int, default=128)
     t.add_argument("--lr", type=_positive_float, default=1e-3)
     t.add_argument("--out", required=True, help="run folder (checkpoints go here)")
@@ -61,6 +83,7 @@ def build_parser():
     t.add_argument("--num-timesteps", type=_positive_int, default=1000)
     t.add_argument("--ema-decay", type=_positive_float, default=0.999)
     _common_options(t, cmd_train)
+    t.set_defaults(**RECIPES.get(recipe, {}))  # after every option exists
     s = sub.add_parser("sample", help="draw samples from a checkpoint and save a grid")
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--checkpoint", help="checkpoint folder, or a run folder with 'latest'")
@@ -95,57 +118,104 @@ def _prepare(model, args):
     return torch.compile(model) if args.compile else model
 
 
-def cmd_train(args, argv):
+def _cpu_name():
+    """", <model name>" from /proc/cpuinfo (Linux), else ""."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((", " + line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
+def _accelerator(args):
+    """Accelerate's view of this process: one of N under ``accelerate launch`` / torchrun, or
+    the only one; bf16 is its mixed precision (torch.autocast)."""
+    from accelerate import Accelerator
+
     device = _device(args.device)
+    return Accelerator(cpu=device.type == "cpu",
+                       mixed_precision="bf16" if args.precision == "bf16" else "no")
+
+
+def cmd_train(args, argv):
+    if args.recipe:  # the recipe's values, then the flags typed beside it
+        args = build_parser(recipe=args.recipe).parse_args(argv)
+    if args.model is None:
+        raise SystemExit("error: train needs --model (or a --recipe that gives it)")
+    accelerator = _accelerator(args)
+    device, main_process = accelerator.device, accelerator.is_main_process
     has_run = os.path.isfile(os.path.join(args.out, "latest"))
     if has_run and not args.resume:
         raise SystemExit(f"error: {args.out} already holds a run; pass --resume to continue it "
                          "or choose another --out")
     if args.resume and not has_run:
         raise SystemExit(f"error: --resume given but {args.out} holds no checkpoint")
-    schedule = NoiseSchedule.linear(num_timesteps=args.num_timesteps)
+    schedule = SCHEDULES[args.schedule](num_timesteps=args.num_timesteps)
     data = load_mnist("train", source=args.data)
     torch.manual_seed(args.seed)  # the model's initial weights depend on the seed alone
-    model = build_model(args.model, num_timesteps=args.num_timesteps).to(device)
+    kwargs = dict(block_out_channels=args.channels, layers_per_block=args.layers_per_block,
+                  attention=args.attention) if args.model == "unet2d-small" else {}
+    model = build_model(args.model, num_timesteps=args.num_timesteps, **kwargs).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     ema = make_ema(model, decay=args.ema_decay)
     meta = {"model": args.model, "step": 0, "steps": args.steps, "batch_size": args.batch_size,
             "lr": args.lr, "seed": args.seed, "data": data.source,
             "num_train_images": int(data.images.shape[0]), "num_timesteps": args.num_timesteps,
-            "ema_decay": args.ema_decay, "precision": args.precision,
+            "ema_decay": args.ema_decay, "precision": args.precision, "recipe": args.recipe,
+            "prediction_type": args.prediction_type, "snr_gamma": args.snr_gamma,
+            "schedule": args.schedule, "processes": accelerator.num_processes,
             "channels_last": args.channels_last, "compile": args.compile, "commands": [],
             "hardware": torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"{device.type} ({os.cpu_count()} cores, {platform.machine()})", "torch": torch.__version__, "wall_time_s": 0.0,
+            else f"{device.type} ({os.cpu_count()} cores, {platform.machine()}{_cpu_name()})",
+            "torch": torch.__version__, "wall_time_s": 0.0,
             "losses": []}
     if args.resume:
         old = read_config(args.out)["meta"]
-        if any(old[k] != meta[k] for k in ("model", "seed", "batch_size")):
-            raise SystemExit("error: --resume needs the same --model, --seed and --batch-size as the "
-                             f"run (it has {old['model']}, seed {old['seed']}, batch {old['batch_size']})")
+        same = ("model", "seed", "batch_size", "prediction_type", "schedule")
+        if any(old.get(k, meta[k]) != meta[k] for k in same):
+            raise SystemExit("error: --resume needs the same --model, --seed, --batch-size, "
+                             "--prediction-type and --schedule as the run (it has "
+                             + ", ".join(f"{k} {old.get(k)}" for k in same) + ")")
         model.load_state_dict(load_tensors(args.out, "model"))
         load_training_state(args.out, optimizer, ema)
         meta.update({k: old[k] for k in ("step", "losses", "wall_time_s", "commands")})
-    meta["commands"] = meta["commands"] + ["python -m ddpm_lib " + " ".join(argv)]
+    launcher = f"accelerate launch --num_processes {accelerator.num_processes} -m ddpm_lib " \
+        if accelerator.num_processes > 1 else "python -m ddpm_lib "
+    meta["commands"] = meta["commands"] + [launcher + " ".join(argv)]
     if meta["step"] >= args.steps:
         print(f"nothing to do: the run is at step {meta['step']} >= --steps {args.steps}")
         return 0
-    net, first, t_start = _prepare(model, args), meta["step"], time.perf_counter()
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net, optimizer = accelerator.prepare(model, optimizer)  # DDP and autocast where asked
+    net = torch.compile(net) if args.compile else net
+    first, t_start = meta["step"], time.perf_counter()
     # train() is deterministic per (seed, step): a run in chunks between checkpoints, resumed
-    # or not, is the same run
+    # or not, on any number of processes, is the same run
     for start in range(first, args.steps, args.checkpoint_every):
         stop, t0 = min(start + args.checkpoint_every, args.steps), time.perf_counter()
         losses = train(net, data.images, schedule, steps=stop, batch_size=args.batch_size,
                        lr=args.lr, seed=args.seed, optimizer=optimizer, ema=ema, start_step=start,
-                       precision=args.precision, progress=not args.no_progress)
+                       prediction_type=args.prediction_type, snr_gamma=args.snr_gamma,
+                       accelerator=accelerator, progress=not args.no_progress and main_process)
         meta.update(step=stop, losses=meta["losses"] + [round(x, 6) for x in losses],
                     wall_time_s=round(meta["wall_time_s"] + time.perf_counter() - t0, 3))
-        path = commit_run_checkpoint(args.out, stop, model, args.model, ema=ema,
-                                     optimizer=optimizer, meta=meta)
-        recent = meta["losses"][-100:]
-        print(f"step {stop}/{args.steps}  loss(last {len(recent)}) "
-              f"{sum(recent) / len(recent):.4f}  checkpoint {path}", flush=True)
-    elapsed, done = time.perf_counter() - t_start, args.steps - first
-    print(f"trained {done} steps in {elapsed:.1f} s: {done * args.batch_size / elapsed:.1f} images/s")
+        if main_process:  # one writer: the processes hold the same weights
+            path = commit_run_checkpoint(args.out, stop, model, args.model, keep=args.keep,
+                                         ema=ema, optimizer=optimizer.optimizer, meta=meta)
+            recent = meta["losses"][-100:]
+            print(f"step {stop}/{args.steps}  loss(last {len(recent)}) "
+                  f"{sum(recent) / len(recent):.4f}  checkpoint {path}", flush=True)
+        accelerator.wait_for_everyone()
+        # --minutes: stop when any process's clock has passed it, all at the same step
+        late = torch.tensor(float(bool(args.minutes) and meta["wall_time_s"] >= 60 * args.minutes))
+        if accelerator.reduce(late.to(device), "sum") > 0:
+            break
+    elapsed, done = time.perf_counter() - t_start, meta["step"] - first
+    if main_process:
+        print(f"trained {done} steps in {elapsed:.1f} s: {done * args.batch_size / elapsed:.1f} images/s")
+    accelerator.end_training()
     return 0
 
 
@@ -162,11 +232,12 @@ def cmd_sample(args, argv):
             os.path.join(WEIGHTS_DIR, args.pretrained))
     else:
         model, cfg = load_checkpoint(args.checkpoint, weights=args.weights, device=device)
-    schedule = NoiseSchedule.linear(num_timesteps=cfg["meta"].get("num_timesteps", 1000))
+    meta = cfg["meta"]  # the schedule and the target the model was trained with
+    schedule = SCHEDULES[meta.get("schedule", "linear")](num_timesteps=meta.get("num_timesteps", 1000))
     T, net = schedule.num_timesteps, _prepare(model, args)
     steps = args.steps or (T if args.sampler == "ddpm" else min(50, T))
     kw = dict(generator=torch.Generator().manual_seed(args.seed), progress=not args.no_progress,
-              precision=args.precision)
+              precision=args.precision, prediction_type=meta.get("prediction_type", "epsilon"))
     shape = (args.n, 1, 28, 28)
     if args.sampler == "ddim":
         x = ddim_sample(net, schedule, shape, num_steps=steps, eta=args.eta or 0.0,

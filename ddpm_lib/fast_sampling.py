@@ -13,6 +13,7 @@ from .models import as_denoiser, model_device, model_in_channels
 from .posterior import predict_x0
 from .sampling import BAR_FORMAT, PRECISIONS, draw_normal, sample
 from .schedule import NoiseSchedule
+from .targets import eps_from_prediction
 from .validation import check_choice, check_generator, check_images, check_int, check_tensor
 
 SPACINGS = ("leading", "trailing")
@@ -71,15 +72,15 @@ def ddim_step(x0_pred, eps, abar_prev, sigma):
 
 @torch.inference_mode()
 def ddim_sample(model, schedule, shape, num_steps=50, eta=0.0, generator=None, spacing="leading",
-                clip_x0=False, x_T=None, precision="fp32", progress=True):
+                clip_x0=False, x_T=None, precision="fp32", prediction_type="epsilon", progress=True):
     """Draw x_0 with DDIM on num_steps of the T timesteps (加速采样; Song et al. 2021).
 
     The same trained eps_theta as ``sample``; sigma_i = eta sqrt(beta-tilde'_i) (eq. ddim-sigma):
     eta = 0 is deterministic given x_T, eta = 1 with num_steps = T is ``sample`` itself. Args as
     for ``sample``, and: num_steps in [1, T]; eta in [0, 1]; spacing "leading" or "trailing"
     (``spaced_timesteps``); x_T: start from this (B, C, H, W) tensor instead of drawing it (e.g.
-    from ``ddim_invert``). The generator draws x_T (unless given), then z at each step with
-    sigma_i > 0. Returns x_0 (B, C, H, W) on the model's device.
+    from ``ddim_invert``); prediction_type as for ``sample``. The generator draws x_T (unless
+    given), then z at each step with sigma_i > 0. Returns x_0 (B, C, H, W) on the model's device.
     """
     shape = check_images(shape if x_T is None else x_T, model, "x_T" if x_T is not None else "shape")
     if not 0 <= eta <= 1:
@@ -95,8 +96,10 @@ def ddim_sample(model, schedule, shape, num_steps=50, eta=0.0, generator=None, s
     for i in tqdm(range(num_steps - 1, -1, -1), desc="ddim", disable=not progress,
                   bar_format=BAR_FORMAT):
         # 2. eps_theta(x_{tau_i}, tau_i)
+        i_batch = torch.full((shape[0],), i, device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            eps = eps_model(x, torch.full((shape[0],), i, device=device)).to(x.dtype)
+            out = eps_model(x, i_batch).to(x.dtype)
+        eps = eps_from_prediction(x, i_batch, out, spaced, prediction_type)
         # 3. the predicted x_0 (eq. x0-from-eps), clamped to [-1, 1] if asked
         x0_pred = predict_x0(x, i, eps, spaced)
         x0_pred = x0_pred.clamp(-1, 1) if clip_x0 else x0_pred
@@ -108,7 +111,8 @@ def ddim_sample(model, schedule, shape, num_steps=50, eta=0.0, generator=None, s
 
 
 @torch.inference_mode()
-def ddim_invert(model, schedule, x0, num_steps=50, spacing="leading", progress=True):
+def ddim_invert(model, schedule, x0, num_steps=50, spacing="leading", prediction_type="epsilon",
+                progress=True):
     """Encode x_0 into the x_T from which eta = 0 DDIM returns to it (加速采样, DDIM inversion):
     eq. ddim-step run upwards, tau_0 → tau_{S-1}, with eps_theta of the point one step below
     (eps_theta(x_{tau_{i-1}}, tau_i) stands in for eps_theta(x_{tau_i}, tau_i): the one
@@ -119,7 +123,9 @@ def ddim_invert(model, schedule, x0, num_steps=50, spacing="leading", progress=T
     spaced, x = respace(schedule, tau).to(device), x0.to(device)
     zero = torch.zeros((), device=device)
     for i in tqdm(range(num_steps), desc="invert", disable=not progress, bar_format=BAR_FORMAT):
-        eps = eps_model(x, torch.full((x.shape[0],), i, device=device))
+        out = eps_model(x, torch.full((x.shape[0],), i, device=device))
+        # the point below stands in for x_{tau_i}, at tau_i's alpha-bar, for every target
+        eps = eps_from_prediction(x, i, out, spaced, prediction_type)
         x0_pred = predict_x0(x, i - 1, eps, spaced) if i > 0 else x  # x is x_0 at the start
         x = ddim_step(x0_pred, eps, spaced.alphas_cumprod[i], zero)
     return x

@@ -4,6 +4,7 @@ from tqdm import tqdm
 
 from .models import as_denoiser, model_device
 from .posterior import p_mean, predict_x0, q_posterior
+from .targets import eps_from_prediction
 from .validation import check_choice, check_generator, check_images
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt}"  # no rate/ETA: stable text
@@ -20,7 +21,7 @@ def draw_normal(shape, generator, device):
 
 @torch.inference_mode()
 def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type="fixed_small",
-           precision="fp32", return_trajectory=False, progress=True):
+           precision="fp32", prediction_type="epsilon", return_trajectory=False, progress=True):
     """Draw x_0 ~ p_theta by ancestral sampling (反向过程, Algorithm 2).
 
     x_T ~ N(0, I); for t = T-1 … 0 (0-based): x_{t-1} = mu_theta(x_t, t) + sigma_t z with
@@ -36,6 +37,8 @@ def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type=
         variance_type: sigma_t^2 = beta-tilde_t ("fixed_small", diffusers' default) or
             beta_t ("fixed_large").
         precision: "fp32", or "bf16" to run the model under ``torch.autocast``.
+        prediction_type: what the model predicts, "epsilon", "sample" or "v_prediction"; the
+            prediction is turned into eps (``targets.eps_from_prediction``) and used as below.
         return_trajectory: also return [x_T, …, x_0] as a (T+1, B, C, H, W) CPU tensor.
     Returns x_0 (B, C, H, W) on the model's device, or (x_0, trajectory).
     """
@@ -55,7 +58,8 @@ def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type=
         t_batch = torch.full((shape[0],), t, device=device)
         # 2. eps_theta(x_t, t), the network's estimate of the noise in x_t
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            eps = eps_model(x, t_batch).to(x.dtype)
+            out = eps_model(x, t_batch).to(x.dtype)
+        eps = eps_from_prediction(x, t_batch, out, schedule, prediction_type)
         # 3. the mean of p_theta(x_{t-1} | x_t): eq. mu-eps, or eq. mu-tilde at a clipped x_0
         if clip_x0:
             x0_pred = predict_x0(x, t, eps, schedule).clamp(-1, 1)

@@ -22,7 +22,8 @@ def make_ema(model, decay=0.999):
 
 
 def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optimizer=None,
-          ema=None, start_step=0, precision="fp32", progress=True):
+          ema=None, start_step=0, precision="fp32", prediction_type="epsilon", snr_gamma=None,
+          accelerator=None, progress=True):
     """Minimise L_simple with AdamW (优化目标, Algorithm 1); returns the loss of each step.
 
     Args: model: a denoiser (``models.as_denoiser``) on its device; put in training mode here
@@ -35,7 +36,12 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
         optimizer: defaults to ``torch.optim.AdamW(model.parameters(), lr)``.
         ema: a ``make_ema`` average, updated after every step.
         precision: "fp32", or "bf16" to run the forward pass under ``torch.autocast``.
-    Returns a list of ``steps - start_step`` floats.
+        prediction_type, snr_gamma: the target and the loss weighting (``ddpm_loss``).
+        accelerator: an ``accelerate.Accelerator`` that prepared model and optimizer, for one
+            process or many (``accelerate launch``): every process draws the whole step's batch
+            from (seed, step) and trains on its 1/N share; DDP averages the gradients, so N
+            processes take the steps one process takes with the same batch_size.
+    Returns a list of ``steps - start_step`` floats (the whole batch's loss of each step).
     """
     check_images(images, model, "images")
     check_int(steps, "steps"), check_int(seed, "seed"), check_int(batch_size, "batch_size", 1)
@@ -47,6 +53,10 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
         raise ValueError(f"start_step ({start_step}) must not exceed steps ({steps})")
     if not torch.isfinite(images).all():
         raise ValueError("images must be finite (no NaN or inf)")
+    rank, world = (0, 1) if accelerator is None else (accelerator.process_index,
+                                                      accelerator.num_processes)
+    if batch_size % world:
+        raise ValueError(f"batch_size ({batch_size}) must be a multiple of the {world} processes")
     device = model_device(model)
     images, schedule = images.to(device), schedule.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr) if optimizer is None else optimizer
@@ -59,14 +69,17 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
         x0 = images[torch.randint(0, images.shape[0], (batch_size,), generator=g).to(device)]
         t = torch.randint(0, schedule.num_timesteps, (batch_size,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
+        share = slice(rank * batch_size // world, (rank + 1) * batch_size // world)  # this process's
         # 2. a gradient step on ||eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t)||^2
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = ddpm_loss(model, x0, schedule, t=t, noise=eps)
+            loss = ddpm_loss(model, x0[share], schedule, t=t[share], noise=eps[share],
+                             prediction_type=prediction_type, snr_gamma=snr_gamma)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward() if accelerator is None else accelerator.backward(loss)
         optimizer.step()
         # 3. the moving average of the weights, which sampling uses
         if ema is not None:
             ema.step(model.parameters())
-        losses.append(loss.detach())  # no .item(): a GPU keeps running ahead
+        loss = loss.detach() if accelerator is None else accelerator.reduce(loss.detach(), "mean")
+        losses.append(loss)  # no .item(): a GPU keeps running ahead
     return torch.stack(losses).tolist() if losses else []

@@ -24,6 +24,10 @@ def cli(*args, **kw):
     (["train", "--model", "basic", "--steps", "0", "--out", "x"], "expected a positive integer, got 0"),
     (["train", "--model", "basic", "--steps", "5", "--lr", "-1", "--out", "x"], "expected a positive number"),
     (["train", "--model", "basic", "--steps", "5"], "the following arguments are required: --out"),
+    (["train", "--steps", "5", "--out", "x"], "train needs --model (or a --recipe that gives it)"),
+    (["train", "--recipe", "gpu", "--steps", "5", "--out", "x"], "invalid choice: 'gpu'"),
+    (["train", "--recipe", "cpu", "--channels", "16", "--steps", "5", "--out", "x"],
+     "expected channels like 16,32,64"),
     (["sample", "--checkpoint", "/nonexistent", "--out", "g.png"], "no checkpoint at"),
     (["sample", "--out", "g.png"], "one of the arguments --checkpoint --pretrained is required"),
     (["sample", "--pretrained", "unet2d", "--checkpoint", "x", "--out", "g.png"], "not allowed with"),
@@ -143,3 +147,54 @@ def test_speed_flags_train_and_sample(tmp_path):
     assert grid.exists()
     r = cli("sample", "--checkpoint", str(tmp_path / "b"), "-n", "2", "--out", str(grid), "--precision", "fp16")
     assert r.returncode != 0 and "invalid choice: 'fp16'" in r.stderr
+
+
+def test_recipe_is_a_preset_the_typed_flags_override():
+    from ddpm_lib.cli import RECIPES, build_parser
+
+    args = build_parser(recipe="cpu").parse_args(["train", "--recipe", "cpu", "--steps", "9",
+                                                  "--out", "x", "--lr", "5e-4"])
+    assert args.lr == 5e-4 and args.model == RECIPES["cpu"]["model"]
+    for key in set(RECIPES["cpu"]) - {"lr"}:
+        assert getattr(args, key) == RECIPES["cpu"][key], key
+    plain = build_parser().parse_args(["train", "--model", "unet2d", "--steps", "9", "--out", "x"])
+    assert plain.precision == "fp32" and plain.prediction_type == "epsilon" and plain.snr_gamma is None
+
+
+def test_minutes_keep_and_the_target_travel_with_the_checkpoint(tmp_path):
+    """--minutes stops at the first checkpoint past it; --keep 0 keeps every checkpoint; sample
+    reads the schedule and the prediction type back from the run."""
+    from torchvision.utils import save_image
+    from PIL import Image
+    import numpy as np
+
+    run = tmp_path / "run"
+    r = cli("train", "--model", "unet2d-small", "--steps", "1000", "--minutes", "0.0001",
+            "--checkpoint-every", "2", "--keep", "0", "--batch-size", "4", "--schedule", "cosine",
+            "--prediction-type", "v_prediction", "--snr-gamma", "5", "--channels", "8,16",
+            "--out", str(run), "--device", "cpu", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    meta = read_config(str(run))["meta"]
+    assert meta["step"] == 2 and len(meta["losses"]) == 2
+    assert (meta["schedule"], meta["prediction_type"], meta["snr_gamma"]) == ("cosine", "v_prediction", 5.0)
+    r = cli("train", "--model", "unet2d-small", "--steps", "6", "--checkpoint-every", "2", "--keep", "0",
+            "--batch-size", "4", "--schedule", "cosine", "--prediction-type", "v_prediction",
+            "--snr-gamma", "5", "--channels", "8,16", "--out", str(run), "--device", "cpu",
+            "--no-progress", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(run)) == ["latest", "step-0000002", "step-0000004", "step-0000006"]
+    out = tmp_path / "grid.png"
+    r = cli("sample", "--checkpoint", str(run), "--sampler", "ddim", "--steps", "4", "-n", "2",
+            "--seed", "1", "--out", str(out), "--device", "cpu", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    model, _ = dl.load_checkpoint(str(run))
+    assert model.config.block_out_channels == (8, 16)
+    imgs = {}
+    for pt in ("v_prediction", "epsilon"):
+        x = dl.ddim_sample(model, dl.NoiseSchedule.cosine(), (2, 1, 28, 28), num_steps=4,
+                           generator=torch.Generator().manual_seed(1), prediction_type=pt, progress=False)
+        save_image((x.clamp(-1, 1) + 1) / 2, tmp_path / f"{pt}.png", nrow=8, padding=2, pad_value=1.0)
+        imgs[pt] = np.asarray(Image.open(tmp_path / f"{pt}.png"), dtype=int)
+    grid = np.asarray(Image.open(out), dtype=int)
+    assert np.abs(grid - imgs["v_prediction"]).max() <= 1
+    assert np.abs(grid - imgs["epsilon"]).max() > 10  # the target read as eps gives other images

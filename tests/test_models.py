@@ -11,6 +11,19 @@ def test_parameter_counts_match_the_book():
     assert n_params(dl.BasicUNet()) == 309_057
     assert n_params(dl.make_unet2d()) == 1_707_009
     assert n_params(dl.BasicUNetFixed()) == 309_857
+    small = dl.build_model("unet2d-small")  # chapter 8
+    assert n_params(small) == 619_697 and small.config.block_out_channels == (16, 32, 64)
+    attn = dl.build_model("unet2d-small", attention=True)
+    assert attn.config.down_block_types[-1] == "AttnDownBlock2D" and n_params(attn) == 686_769
+
+
+def test_small_unet_checkpoint_rebuilds_its_variant(tmp_path):
+    model = dl.build_model("unet2d-small", block_out_channels=(8, 16), layers_per_block=2)
+    dl.save_checkpoint(str(tmp_path / "c"), model, "unet2d-small")
+    back, _ = dl.load_checkpoint(str(tmp_path / "c"))
+    assert back.config.block_out_channels == (8, 16) and back.config.layers_per_block == 2
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([3, 700])
+    assert torch.equal(back(x, t).sample, model.eval()(x, t).sample)
 
 
 def test_seed_basic_unet_output_is_bounded_below_by_silu_minimum():

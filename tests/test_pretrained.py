@@ -109,3 +109,25 @@ def test_shipped_unet2d_meets_the_quality_targets():
     noise = MANIFEST["baselines"]["noise"]
     assert b["frechet"] > 3 * m["frechet"] and b["confident"] < m["confident"] - 0.2
     assert noise["frechet"] > 10 * m["frechet"] and noise["entropy_bits"] < 1.0
+
+
+@pytest.mark.slow
+def test_cpu_recipe_replays_its_recorded_command_in_bf16():
+    """The CPU recipe was trained on this machine type in bf16 (fast here: a small net), so the
+    replay runs the recorded command's own precision; a seed-1 replay is the negative control."""
+    argv = shlex.split(MANIFEST["cpu-recipe"]["command"])[3:]  # drop "python -m ddpm_lib"
+    args = build_parser(recipe="cpu").parse_args(argv)
+    assert args.recipe == "cpu" and args.precision == "bf16"
+    recorded = MANIFEST["cpu-recipe"]["first_losses"][:10]
+
+    def replay(seed):
+        torch.manual_seed(seed)
+        model = dl.build_model(args.model)
+        data = dl.load_mnist("train", source=args.data)
+        schedule = getattr(dl.NoiseSchedule, args.schedule)()
+        return dl.train(model, data.images, schedule, steps=10, batch_size=args.batch_size,
+                        lr=args.lr, seed=seed, precision="bf16", prediction_type=args.prediction_type,
+                        snr_gamma=args.snr_gamma, progress=False)
+
+    assert max(abs(a - b) / b for a, b in zip(replay(args.seed), recorded)) < 1e-3
+    assert max(abs(a - b) / b for a, b in zip(replay(1), recorded)) > 0.02

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import ddpm_lib as dl
 from ddpm_lib import metrics
-from ddpm_lib.checkpoints import FORMAT, read_config, sha256_file, write_text
+from ddpm_lib.checkpoints import PRETRAINED, FORMAT, read_config, sha256_file, write_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 W = os.path.join(ROOT, "ddpm_lib", "weights")
@@ -72,7 +72,7 @@ def main(argv):
                                "wall_time_s": cmeta["wall_time_s"], "hardware": cmeta["hardware"],
                                "sha256": sha256_file(os.path.join(metrics.WEIGHTS_DIR, "model.safetensors"))},
                 "baselines": {"real_vs_real": base["real"], "noise": base["noise"]}}
-    for name in ("unet2d", "basic-fixed"):
+    for name in PRETRAINED:
         meta = read_config(os.path.join(W, name))["meta"]
         last = meta["losses"][-100:]
         manifest[name] = {
@@ -80,6 +80,8 @@ def main(argv):
             "batch_size": meta["batch_size"], "images_seen": meta["step"] * meta["batch_size"],
             "wall_time_s": meta["wall_time_s"], "hardware": meta["hardware"], "torch": meta["torch"],
             "precision": meta["precision"], "weights": meta["weights"], "first_losses": meta["losses"][:20],
+            "prediction_type": meta.get("prediction_type", "epsilon"), "snr_gamma": meta.get("snr_gamma"),
+            "schedule": meta.get("schedule", "linear"),
             "final_loss_mean_last_100": round(sum(last) / len(last), 5),
             "metrics_256_samples": metrics.evaluate(samples[name], cls),
             "samples": "ddpm_lib/weights/samples.safetensors: 32 batches of 8, batch k drawn with "

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import ddpm_lib as dl
 from ddpm_lib.checkpoints import WEIGHTS_DIR, load_checkpoint, save_checkpoint
+from ddpm_lib.cli import SCHEDULES
 
 SAMPLE_BATCHES, SAMPLE_BATCH = 32, 8
 
@@ -30,10 +31,12 @@ def export_weights(run_or_checkpoint, out_dir, weights="ema"):
 def main(run, name):
     out = os.path.join(WEIGHTS_DIR, name)
     export_weights(run, out)
-    model, _ = dl.load_checkpoint(out)
-    s = dl.NoiseSchedule.linear()
+    model, cfg = dl.load_checkpoint(out)
+    meta = cfg["meta"]  # the schedule and the target the model was trained with
+    s = SCHEDULES[meta.get("schedule", "linear")](meta.get("num_timesteps", 1000))
     t0 = time.perf_counter()
-    xs = [dl.sample(model, s, (SAMPLE_BATCH, 1, 28, 28), generator=torch.Generator().manual_seed(k), progress=False)
+    xs = [dl.sample(model, s, (SAMPLE_BATCH, 1, 28, 28), generator=torch.Generator().manual_seed(k),
+                    prediction_type=meta.get("prediction_type", "epsilon"), progress=False)
           for k in range(SAMPLE_BATCHES)]
     path = os.path.join(WEIGHTS_DIR, "samples.safetensors")
     samples = load_file(path)

@@ -2,15 +2,18 @@
 import torch
 
 from .basic_unet import BasicUNet, BasicUNetFixed
-from .unet2d import make_unet2d
+from .unet2d import make_small_unet2d, make_unet2d
 from ..validation import check_choice
 
-MODEL_NAMES = ("basic", "basic-fixed", "unet2d")
+MODEL_NAMES = ("basic", "basic-fixed", "unet2d", "unet2d-small")
 
 
-def build_model(name, num_timesteps=1000):
-    """Build a fresh model by CLI name: "basic" (seed), "basic-fixed" or "unet2d" (seed config)."""
+def build_model(name, num_timesteps=1000, **kwargs):
+    """Build a fresh model by CLI name: "basic" (seed), "basic-fixed", "unet2d" (seed config) or
+    "unet2d-small" (chapter 8; kwargs go to ``make_small_unet2d``)."""
     check_choice(name, "model", MODEL_NAMES)
+    if name == "unet2d-small":
+        return make_small_unet2d(**kwargs)
     if name == "basic-fixed":
         return BasicUNetFixed(num_timesteps=num_timesteps)
     return BasicUNet() if name == "basic" else make_unet2d()

@@ -1,4 +1,4 @@
-"""The seed's diffusers UNet2DModel configuration (chapter 6)."""
+"""The seed's diffusers UNet2DModel configuration (chapter 6) and the CPU-sized one (chapter 8)."""
 
 
 def make_unet2d(sample_size=28, in_channels=1, out_channels=1):
@@ -21,4 +21,20 @@ def make_unet2d(sample_size=28, in_channels=1, out_channels=1):
             "AttnUpBlock2D",  # 带有空域维度self-att的ResNet上采样模块
             "UpBlock2D",  # 标准的ResNet上采样模块
         ),
+    )
+
+
+def make_small_unet2d(block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8,
+                      attention=False, in_channels=1):
+    """A ``UNet2DModel`` sized for a CPU (chapter 8): 619,697 parameters by default. attention:
+    self-attention in the lowest-resolution blocks (down, middle and up) or in none."""
+    from diffusers import UNet2DModel
+
+    n = len(block_out_channels)
+    return UNet2DModel(
+        sample_size=28, in_channels=in_channels, out_channels=in_channels,
+        block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+        norm_num_groups=norm_num_groups, add_attention=attention,
+        down_block_types=("DownBlock2D",) * (n - 1) + ("AttnDownBlock2D" if attention else "DownBlock2D",),
+        up_block_types=("AttnUpBlock2D" if attention else "UpBlock2D",) + ("UpBlock2D",) * (n - 1),
     )

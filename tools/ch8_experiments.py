@@ -1,0 +1,149 @@
+"""Chapter 8's recorded training runs on this CPU: the ablation rows (one change each from the
+first try, a fixed wall-time budget), and the quality-vs-minutes curves of the CPU recipe and of
+the seed UNet2DModel. Every run is the CLI (`python -m ddpm_lib train ...`), its command kept;
+every score is the book's metric: 256 samples of DDIM (eta = 0, 50 steps, x_T from
+Generator(cpu).manual_seed(0)) from the EMA weights, judged by ddpm_lib.metrics.evaluate.
+
+Writes book/results/ch8_runs.json after each run (a run already there is skipped: rerun the
+tool to go on after an interruption) and 64 samples per scored checkpoint to
+book/results/ch8_samples.safetensors (uint8).
+
+    python tools/ch8_experiments.py rows [NAME ...]     # the ablation rows
+    python tools/ch8_experiments.py curve recipe|seed-unet2d
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import ddpm_lib as dl
+from ddpm_lib import metrics
+from ddpm_lib.cli import SCHEDULES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "book", "results", "ch8_runs.json")
+SAMPLES = os.path.join(ROOT, "book", "results", "ch8_samples.safetensors")
+RUNS = os.environ.get("CH8_RUNS", "/tmp/ch8_runs")
+ROW_MINUTES = 2
+FIRST_TRY = ["--model", "unet2d-small", "--batch-size", "128", "--lr", "2e-3", "--precision", "bf16"]
+ROWS = [  # name, what changes from the first try, the flags that change it
+    ("first-try", "issue #20's first try: eps, linear, no weighting", []),
+    ("v", "v-prediction", ["--prediction-type", "v_prediction"]),
+    ("x0", "x0-prediction", ["--prediction-type", "sample"]),
+    ("eps-minsnr5", "eps + min-SNR-5", ["--snr-gamma", "5"]),
+    ("v-minsnr5", "v + min-SNR-5", ["--prediction-type", "v_prediction", "--snr-gamma", "5"]),
+    ("cosine", "cosine schedule", ["--schedule", "cosine"]),
+    ("lr4e-3", "lr 4e-3", ["--lr", "4e-3"]),
+    ("batch64", "batch 64", ["--batch-size", "64"]),
+    ("fp32", "fp32 (no autocast)", ["--precision", "fp32"]),
+    ("attention", "self-attention at 7x7", ["--attention"]),
+    ("wide", "channels 32,64,128", ["--channels", "32,64,128"]),
+    ("deep", "2 ResNet layers per block", ["--layers-per-block", "2"]),
+]
+CURVES = {  # flags, minutes, the minute marks scored
+    "recipe": (["--recipe", "cpu"], 10, (1, 2, 5, 10)),
+    "seed-unet2d": (["--model", "unet2d", "--batch-size", "128", "--lr", "1e-3"], 5, (1, 2, 5)),
+}
+
+
+def load_results():
+    if os.path.isfile(RESULTS):
+        with open(RESULTS, encoding="utf-8") as f:
+            return json.load(f)
+    return {"metric": "DDIM eta=0, 50 steps, 256 samples, x_T seed 0, EMA weights",
+            "row_minutes": ROW_MINUTES, "rows": {}, "curves": {}}
+
+
+def save_results(results):
+    results["baselines"] = {k: {m: v for m, v in d.items() if m != "counts"}
+                            for k, d in metrics.baselines().items()}
+    with open(RESULTS + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    os.replace(RESULTS + ".tmp", RESULTS)
+
+
+def keep_samples(key, x):
+    stored = load_file(SAMPLES) if os.path.isfile(SAMPLES) else {}
+    stored[key] = ((x[:64].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).contiguous()
+    save_file(stored, SAMPLES + ".tmp")
+    os.replace(SAMPLES + ".tmp", SAMPLES)
+
+
+def score(checkpoint, key):
+    """The book's metric for one checkpoint folder (its EMA weights)."""
+    model, cfg = dl.load_checkpoint(checkpoint)
+    meta = cfg["meta"]
+    schedule = SCHEDULES[meta["schedule"]](meta["num_timesteps"])
+    t0 = time.perf_counter()
+    x = dl.ddim_sample(model, schedule, (metrics.N_EVAL, 1, 28, 28), num_steps=50,
+                       generator=torch.Generator().manual_seed(0),
+                       prediction_type=meta["prediction_type"], progress=False)
+    m = metrics.evaluate(x)
+    keep_samples(key, x)
+    losses = meta["losses"]
+    return {"step": meta["step"], "images": meta["step"] * meta["batch_size"],
+            "train_minutes": round(meta["wall_time_s"] / 60, 3),
+            "images_per_s": round(meta["step"] * meta["batch_size"] / meta["wall_time_s"], 1),
+            "loss_last100": round(sum(losses[-100:]) / len(losses[-100:]), 5),
+            "frechet": round(m["frechet"], 2), "confident": round(m["confident"], 4),
+            "entropy_bits": round(m["entropy_bits"], 3), "counts": m["counts"],
+            "sampling_s": round(time.perf_counter() - t0, 1)}
+
+
+def run_cli(flags, out, minutes, keep):
+    """Train with the CLI; returns the command as a reader types it."""
+    args = ["train", *flags, "--steps", "100000", "--minutes", str(minutes), "--seed", "0",
+            "--checkpoint-every", "50", "--keep", str(keep), "--no-progress", "--out", out]
+    shutil.rmtree(out, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "ddpm_lib", *args], check=True, cwd=ROOT)
+    return "python -m ddpm_lib " + " ".join(args[:-1] + ["runs/" + os.path.basename(out)])
+
+
+def n_params(checkpoint):
+    model, _ = dl.load_checkpoint(checkpoint)
+    return sum(p.numel() for p in model.parameters())
+
+
+def rows(names):
+    results = load_results()
+    for name, change, flags in ROWS:
+        if (names and name not in names) or (not names and name in results["rows"]):
+            continue
+        out = os.path.join(RUNS, name)
+        command = run_cli(FIRST_TRY + flags, out, ROW_MINUTES, keep=1)
+        row = {"change": change, "command": command, "params": n_params(out), **score(out, name)}
+        results["rows"][name] = row
+        save_results(results)
+        print(name, {k: row[k] for k in ("images", "loss_last100", "confident", "frechet")}, flush=True)
+
+
+def curve(name):
+    flags, minutes, marks = CURVES[name]
+    out = os.path.join(RUNS, name)
+    command = run_cli(flags, out, minutes, keep=0)
+    steps = sorted(d for d in os.listdir(out) if d.startswith("step-"))
+    walls = {d: dl.load_checkpoint(os.path.join(out, d))[1]["meta"]["wall_time_s"] for d in steps}
+    points = []
+    for mark in marks:  # the first checkpoint at or after the mark (the last one at the end)
+        d = next((d for d in steps if walls[d] >= 60 * mark), steps[-1])
+        points.append({"mark_minutes": mark, **score(os.path.join(out, d), f"{name}@{mark}")})
+        print(name, points[-1], flush=True)
+    results = load_results()
+    last = dl.load_checkpoint(os.path.join(out, steps[-1]))[1]["meta"]
+    results["curves"][name] = {"command": command, "params": n_params(out), "points": points,
+                               "run": out, "first_losses": last["losses"][:50],
+                               "hardware": last["hardware"], "torch": last["torch"]}
+    save_results(results)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "rows":
+        rows(sys.argv[2:])
+    else:
+        curve(sys.argv[2])
