@@ -155,11 +155,13 @@ def commit_run_checkpoint(run_dir, step, model, model_name, keep=2, **kwargs):
     return os.path.join(run_dir, name)
 
 
-PRETRAINED = ("unet2d", "basic-fixed")
+PRETRAINED = ("unet2d", "basic-fixed", "cpu-recipe")
 
 
 def pretrained(name, device="cpu"):
-    """A shipped model: "unet2d" (seed config) or "basic-fixed". Checks the sha256 of the weights
+    """A shipped model: "unet2d" (seed config), "basic-fixed" or "cpu-recipe" (chapter 8's
+    recipe, a v-predicting unet2d-small: sample it with the prediction_type and schedule of its
+    config's meta, as the CLI does). Checks the sha256 of the weights
     against config.json and MANIFEST.json; returns the model in eval mode."""
     check_choice(name, "name", PRETRAINED)
     path, file = os.path.join(WEIGHTS_DIR, name), os.path.join(WEIGHTS_DIR, "MANIFEST.json")

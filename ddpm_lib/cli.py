@@ -20,8 +20,8 @@ from .training import make_ema, train
 
 # chapter 8's recipe for a CPU (book/08_cpu_training.ipynb measures each choice); flags given
 # beside --recipe override it
-RECIPES = {"cpu": dict(model="unet2d-small", batch_size=128, lr=2e-3, precision="bf16",
-                       prediction_type="v_prediction", snr_gamma=5.0, schedule="linear",
+RECIPES = {"cpu": dict(model="unet2d-small", batch_size=64, lr=2e-3, precision="bf16",
+                       prediction_type="v_prediction", snr_gamma=5.0, schedule="cosine",
                        ema_decay=0.999)}
 SCHEDULES = {"linear": NoiseSchedule.linear, "cosine": NoiseSchedule.cosine}
 

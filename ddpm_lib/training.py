@@ -57,6 +57,7 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
                                                       accelerator.num_processes)
     if batch_size % world:
         raise ValueError(f"batch_size ({batch_size}) must be a multiple of the {world} processes")
+    share = slice(rank * batch_size // world, (rank + 1) * batch_size // world)  # this process's
     device = model_device(model)
     images, schedule = images.to(device), schedule.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr) if optimizer is None else optimizer
@@ -69,8 +70,8 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
         x0 = images[torch.randint(0, images.shape[0], (batch_size,), generator=g).to(device)]
         t = torch.randint(0, schedule.num_timesteps, (batch_size,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
-        share = slice(rank * batch_size // world, (rank + 1) * batch_size // world)  # this process's
         # 2. a gradient step on ||eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t)||^2
+        #    (or on another target, weighted: chapter 8), over this process's share of the batch
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = ddpm_loss(model, x0[share], schedule, t=t[share], noise=eps[share],
                              prediction_type=prediction_type, snr_gamma=snr_gamma)

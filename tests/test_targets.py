@@ -96,8 +96,9 @@ def test_min_snr_weights_the_same_x0_error_for_every_target(linear):
     for k in TYPES:
         assert torch.allclose(weighted[k], reference, rtol=2e-3), k
     snr = linear.snr()[t].double()
-    # two published v-weights (the Min-SNR repo's issue #5 asks about the first; diffusers
-    # #5654 shipped the second until PR #6307) do not weigh the same error
+    # two wrong v-weights do not weigh the same error: the eps weight reused for v, and
+    # min(SNR + 1, gamma) / (SNR + 1) (diffusers #5654, fixed by PR #6307; the Min-SNR
+    # repository's issue #5 asks whether the numerator needs the + 1)
     for wrong in (snr.clamp(max=5.0) / snr, (snr + 1).clamp(max=5.0) / (snr + 1)):
         assert not torch.allclose(wrong * per["v_prediction"], reference, rtol=0.05)
 

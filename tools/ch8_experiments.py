@@ -44,6 +44,8 @@ ROWS = [  # name, what changes from the first try, the flags that change it
     ("attention", "self-attention at 7x7", ["--attention"]),
     ("wide", "channels 32,64,128", ["--channels", "32,64,128"]),
     ("deep", "2 ResNet layers per block", ["--layers-per-block", "2"]),
+    ("v-minsnr5-cosine", "v + min-SNR-5 + cosine", ["--prediction-type", "v_prediction",
+                                                    "--snr-gamma", "5", "--schedule", "cosine"]),
 ]
 CURVES = {  # flags, minutes, the minute marks scored
     "recipe": (["--recipe", "cpu"], 10, (1, 2, 5, 10)),
