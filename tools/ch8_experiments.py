@@ -47,9 +47,9 @@ ROWS = [  # name, what changes from the first try, the flags that change it
     ("v-minsnr5-cosine", "v + min-SNR-5 + cosine", ["--prediction-type", "v_prediction",
                                                     "--snr-gamma", "5", "--schedule", "cosine"]),
 ]
-CURVES = {  # flags, minutes, the minute marks scored
-    "recipe": (["--recipe", "cpu"], 10, (1, 2, 5, 10)),
-    "seed-unet2d": (["--model", "unet2d", "--batch-size", "128", "--lr", "1e-3"], 5, (1, 2, 5)),
+CURVES = {  # flags, minutes, the minute marks scored, steps between checkpoints (~10-20 s)
+    "recipe": (["--recipe", "cpu"], 10, (1, 2, 5, 10), 50),
+    "seed-unet2d": (["--model", "unet2d", "--batch-size", "128", "--lr", "1e-3"], 5, (1, 2, 5), 5),
 }
 
 
@@ -98,10 +98,10 @@ def score(checkpoint, key):
             "sampling_s": round(time.perf_counter() - t0, 1)}
 
 
-def run_cli(flags, out, minutes, keep):
+def run_cli(flags, out, minutes, keep, every=50):
     """Train with the CLI; returns the command as a reader types it."""
     args = ["train", *flags, "--steps", "100000", "--minutes", str(minutes), "--seed", "0",
-            "--checkpoint-every", "50", "--keep", str(keep), "--no-progress", "--out", out]
+            "--checkpoint-every", str(every), "--keep", str(keep), "--no-progress", "--out", out]
     shutil.rmtree(out, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "ddpm_lib", *args], check=True, cwd=ROOT)
     return "python -m ddpm_lib " + " ".join(args[:-1] + ["runs/" + os.path.basename(out)])
@@ -126,9 +126,9 @@ def rows(names):
 
 
 def curve(name):
-    flags, minutes, marks = CURVES[name]
+    flags, minutes, marks, every = CURVES[name]
     out = os.path.join(RUNS, name)
-    command = run_cli(flags, out, minutes, keep=0)
+    command = run_cli(flags, out, minutes, keep=0, every=every)
     steps = sorted(d for d in os.listdir(out) if d.startswith("step-"))
     walls = {d: dl.load_checkpoint(os.path.join(out, d))[1]["meta"]["wall_time_s"] for d in steps}
     points = []
