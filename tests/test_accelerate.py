@@ -81,16 +81,18 @@ def test_two_processes_take_the_one_process_steps_and_resume_across_counts(tmp_p
     assert two["processes"] == 2 and one["processes"] == 1
     assert two["commands"][0].startswith("accelerate launch --num_processes 2 -m ddpm_lib train")
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-5)
-    # measured here: 2.9e-5 after 6 AdamW steps at lr 2e-3 (the all-reduce sums the two halves'
-    # gradients in another order than one process's batch mean)
-    assert max_diff(w1, w2) < 2e-4 and max_diff(e1, e2) < 2e-4
+    # measured here: 2.8e-4 after 6 AdamW steps at lr 2e-3. The all-reduce sums the two
+    # halves' gradients in another order than one process's batch mean, and AdamW's first steps
+    # move every weight by about lr whatever its gradient's size: where a gradient is near 0,
+    # rounding can flip its sign. Tolerance: half the learning rate.
+    assert max_diff(w1, w2) < 1e-3 and max_diff(e1, e2) < 1e-3
     # interrupted at step 3 on two processes, resumed on one, and the other way round
     train(tmp_path / "a", 3, 2)
     a, wa, _ = train(tmp_path / "a", 6, 1, "--resume")
     train(tmp_path / "b", 3, 1)
     b, wb, _ = train(tmp_path / "b", 6, 2, "--resume")
     for meta, w in ((a, wa), (b, wb)):
-        assert meta["losses"] == pytest.approx(one["losses"], rel=1e-5) and max_diff(w1, w) < 2e-4
+        assert meta["losses"] == pytest.approx(one["losses"], rel=1e-5) and max_diff(w1, w) < 1e-3
     # the check can fail: a run with another seed is far away
     other, wo, _ = train(tmp_path / "other", 6, 2, "--seed", "1")
-    assert max_diff(w1, wo) > 1e-3 and other["losses"] != pytest.approx(one["losses"], rel=1e-3)
+    assert max_diff(w1, wo) > 1e-2 and other["losses"] != pytest.approx(one["losses"], rel=1e-3)

@@ -84,12 +84,15 @@ def test_pretrained_checks_hash(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["basic-fixed", "unet2d"])
+@pytest.mark.parametrize("name", ["basic-fixed", "unet2d", "cpu-recipe"])
 def test_stored_samples_replay_on_cpu(name):
-    # unet2d's samples were drawn on the H200 (fp32, TF32 off), basic-fixed's on CPU
+    # unet2d's samples were drawn on the H200 (fp32, TF32 off), the others on CPU; cpu-recipe
+    # predicts v on the cosine schedule (its config's meta says so)
     stored = load_file(SAMPLES)[name][:8]
-    x = dl.sample(dl.pretrained(name), dl.NoiseSchedule.linear(), (8, 1, 28, 28),
-                  generator=torch.Generator().manual_seed(0), progress=False)
+    meta = read_config(os.path.join(WEIGHTS_DIR, name))["meta"]
+    schedule = getattr(dl.NoiseSchedule, meta.get("schedule", "linear"))()
+    x = dl.sample(dl.pretrained(name), schedule, (8, 1, 28, 28), generator=torch.Generator().manual_seed(0),
+                  prediction_type=meta.get("prediction_type", "epsilon"), progress=False)
     assert (x - stored).abs().max().item() < 1e-2
 
 
@@ -131,3 +134,19 @@ def test_cpu_recipe_replays_its_recorded_command_in_bf16():
 
     assert max(abs(a - b) / b for a, b in zip(replay(args.seed), recorded)) < 1e-3
     assert max(abs(a - b) / b for a, b in zip(replay(1), recorded)) > 0.02
+
+
+def test_shipped_cpu_recipe_quality_as_recorded():
+    """Chapter 8's recipe after 10 minutes on this 2-core CPU (1000-step samples): the Frechet
+    distance and the class entropy meet issue #20's bars; the confident share (78.1 %) does
+    not reach its bar (real digits' 93.0 % minus 5 points): the test guards what it reaches."""
+    samples = load_file(SAMPLES)
+    real = MANIFEST["baselines"]["real_vs_real"]
+    m = metrics.evaluate(samples["cpu-recipe"])
+    recorded = MANIFEST["cpu-recipe"]["metrics_256_samples"]
+    assert m["counts"] == recorded["counts"]
+    for k in ("frechet", "confident", "entropy_bits"):
+        assert m[k] == pytest.approx(recorded[k], rel=1e-4)
+    assert MANIFEST["cpu-recipe"]["wall_time_s"] <= 10 * 60 + 30  # stops at the first checkpoint after 10 min
+    assert m["frechet"] <= 2 * real["frechet"] and m["entropy_bits"] >= 3.25
+    assert m["confident"] >= 0.75  # what it reaches (the bar, real - 0.05 = 0.88, is not met)
