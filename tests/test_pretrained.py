@@ -96,14 +96,20 @@ def test_stored_samples_replay_on_cpu(name):
     assert (x - stored).abs().max().item() < 1e-2
 
 
-def test_shipped_unet2d_meets_the_quality_targets():
-    samples = load_file(SAMPLES)
-    real = MANIFEST["baselines"]["real_vs_real"]
-    m = metrics.evaluate(samples["unet2d"])
-    recorded = MANIFEST["unet2d"]["metrics_256_samples"]
+def shipped_metrics(name):
+    """metrics.evaluate of the shipped samples, checked against what MANIFEST.json records."""
+    m = metrics.evaluate(load_file(SAMPLES)[name])
+    recorded = MANIFEST[name]["metrics_256_samples"]
     assert m["counts"] == recorded["counts"]
     for k in ("frechet", "confident", "entropy_bits"):
         assert m[k] == pytest.approx(recorded[k], rel=1e-4)
+    return m
+
+
+def test_shipped_unet2d_meets_the_quality_targets():
+    samples = load_file(SAMPLES)
+    real = MANIFEST["baselines"]["real_vs_real"]
+    m = shipped_metrics("unet2d")
     assert m["confident"] >= real["confident"] - 0.05
     assert m["entropy_bits"] >= 3.25
     assert m["frechet"] <= 2.5 * real["frechet"]
@@ -140,13 +146,8 @@ def test_shipped_cpu_recipe_quality_as_recorded():
     """Chapter 8's recipe after 10 minutes on this 2-core CPU (1000-step samples): the Frechet
     distance and the class entropy meet issue #20's bars; the confident share (78.1 %) does
     not reach its bar (real digits' 93.0 % minus 5 points): the test guards what it reaches."""
-    samples = load_file(SAMPLES)
     real = MANIFEST["baselines"]["real_vs_real"]
-    m = metrics.evaluate(samples["cpu-recipe"])
-    recorded = MANIFEST["cpu-recipe"]["metrics_256_samples"]
-    assert m["counts"] == recorded["counts"]
-    for k in ("frechet", "confident", "entropy_bits"):
-        assert m[k] == pytest.approx(recorded[k], rel=1e-4)
+    m = shipped_metrics("cpu-recipe")
     assert MANIFEST["cpu-recipe"]["wall_time_s"] <= 10 * 60 + 30  # stops at the first checkpoint after 10 min
     assert m["frechet"] <= 2 * real["frechet"] and m["entropy_bits"] >= 3.25
     assert m["confident"] >= 0.75  # what it reaches (the bar, real - 0.05 = 0.88, is not met)
