@@ -32,7 +32,7 @@ RUNS = os.environ.get("CH8_RUNS", "/tmp/ch8_runs")
 ROW_MINUTES = 2
 FIRST_TRY = ["--model", "unet2d-small", "--batch-size", "128", "--lr", "2e-3", "--precision", "bf16"]
 ROWS = [  # name, what changes from the first try, the flags that change it
-    ("first-try", "issue #20's first try: eps, linear, no weighting", []),
+    ("first-try", "first try: eps, linear, no weighting", []),
     ("v", "v-prediction", ["--prediction-type", "v_prediction"]),
     ("x0", "x0-prediction", ["--prediction-type", "sample"]),
     ("eps-minsnr5", "eps + min-SNR-5", ["--snr-gamma", "5"]),
