@@ -1,7 +1,8 @@
 """Benchmark: fewer steps against the 1000-step pipeline (chapter 加速采样). 64 digits from the
 shipped ``unet2d``: DDPMPipeline's 1000 steps (fitted from runs of 2 and 52 steps, as in
 bench.py), ``ddpm_lib.sample``'s 1000 steps likewise, ``ddim_sample`` at 10 and 20 steps and
-diffusers' DPM-Solver++(2M) at 10 steps, alternated in one process; medians; writes JSON.
+diffusers' DPM-Solver++(2M) at 10 steps, alternated in one process after one untimed call each;
+medians; writes JSON.
 
     python bench/fast_sampling.py [--repeats 3] [--json bench/results/fast_sampling_cpu.json]
 """
@@ -55,6 +56,8 @@ def main(argv=None):
             model, lin, (n, 1, 28, 28), num_steps=10, generator=g(), progress=False)),
         "DPM-Solver++(2M), 10 steps": lambda: timed(lambda: dpm_solver(model, n, 10)),
     }
+    for fn in fns.values():  # one untimed call each: a process's first call pays one-off costs
+        fn()                 # (lazy imports, allocator), which would make a 2-step run the slower
     medians = bench.alternate(list(fns.values()), args.repeats)
     values = {k: (bench.per_1000(*v, args.short)[0] if isinstance(v, tuple) else v)
               for k, v in zip(fns, medians)}
