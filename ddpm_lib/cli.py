@@ -16,7 +16,7 @@ from .fast_sampling import SPACINGS, ddim_sample, respaced_sample
 from .models import MODEL_NAMES, build_model
 from .schedule import NoiseSchedule
 from .targets import PREDICTION_TYPES
-from .training import make_ema, train
+from .training import cosine_lr, make_ema, train
 
 # chapter 8's recipe for a CPU (book/08_cpu_training.ipynb measures each choice); flags given
 # beside --recipe override it
@@ -76,6 +76,8 @@ def build_parser(recipe=None):
     t.add_argument("--schedule", choices=SCHEDULES, default="linear")
     t.add_argument("--batch-size", type=_positive_int, default=128)
     t.add_argument("--lr", type=_positive_float, default=1e-3)
+    t.add_argument("--lr-decay", choices=("constant", "cosine"), default="constant",
+                   help="cosine: from --lr down to 0 at --steps (chapter 8)")
     t.add_argument("--out", required=True, help="run folder (checkpoints go here)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     t.add_argument("--checkpoint-every", type=_positive_int, default=500, help="steps between checkpoints")
@@ -160,7 +162,7 @@ def cmd_train(args, argv):
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     ema = make_ema(model, decay=args.ema_decay)
     meta = {"model": args.model, "step": 0, "steps": args.steps, "batch_size": args.batch_size,
-            "lr": args.lr, "seed": args.seed, "data": data.source,
+            "lr": args.lr, "lr_decay": args.lr_decay, "seed": args.seed, "data": data.source,
             "num_train_images": int(data.images.shape[0]), "num_timesteps": args.num_timesteps,
             "ema_decay": args.ema_decay, "precision": args.precision, "recipe": args.recipe,
             "prediction_type": args.prediction_type, "snr_gamma": args.snr_gamma,
@@ -177,6 +179,10 @@ def cmd_train(args, argv):
             raise SystemExit("error: --resume needs the same --model, --seed, --batch-size, "
                              "--prediction-type and --schedule as the run (it has "
                              + ", ".join(f"{k} {old.get(k)}" for k in same) + ")")
+        if (old.get("lr_decay", "constant"), old["steps"] if args.lr_decay == "cosine" else None) != \
+                (args.lr_decay, args.steps if args.lr_decay == "cosine" else None):
+            raise SystemExit("error: --resume needs the run's --lr-decay, and with cosine its --steps "
+                             f"(it has {old.get('lr_decay', 'constant')}, {old['steps']} steps)")
         model.load_state_dict(load_tensors(args.out, "model"))
         load_training_state(args.out, optimizer, ema)
         meta.update({k: old[k] for k in ("step", "losses", "wall_time_s", "commands")})
@@ -190,13 +196,14 @@ def cmd_train(args, argv):
         model = model.to(memory_format=torch.channels_last)
     net, optimizer = accelerator.prepare(model, optimizer)  # DDP and autocast where asked
     net = torch.compile(net) if args.compile else net
+    lr = cosine_lr(args.lr, args.steps) if args.lr_decay == "cosine" else args.lr
     first, t_start = meta["step"], time.perf_counter()
     # train() is deterministic per (seed, step): a run in chunks between checkpoints, resumed
     # or not, on any number of processes, is the same run
     for start in range(first, args.steps, args.checkpoint_every):
         stop, t0 = min(start + args.checkpoint_every, args.steps), time.perf_counter()
         losses = train(net, data.images, schedule, steps=stop, batch_size=args.batch_size,
-                       lr=args.lr, seed=args.seed, optimizer=optimizer, ema=ema, start_step=start,
+                       lr=lr, seed=args.seed, optimizer=optimizer, ema=ema, start_step=start,
                        prediction_type=args.prediction_type, snr_gamma=args.snr_gamma,
                        accelerator=accelerator, progress=not args.no_progress and main_process)
         meta.update(step=stop, losses=meta["losses"] + [round(x, 6) for x in losses],

@@ -1,4 +1,6 @@
 """The training loop for L_simple (chapter 优化目标, Algorithm 1)."""
+import math
+
 import torch
 from tqdm import tqdm
 
@@ -21,6 +23,12 @@ def make_ema(model, decay=0.999):
     return EMAModel(model.parameters(), decay=decay, foreach=True)
 
 
+def cosine_lr(lr, steps):
+    """A learning rate that falls from lr at step 0 to 0 at ``steps`` along half a cosine
+    (Loshchilov & Hutter 2017): lr (1 + cos(pi step / steps)) / 2. Returns a function of the step."""
+    return lambda step: lr * (1 + math.cos(math.pi * min(step, steps) / steps)) / 2
+
+
 def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optimizer=None,
           ema=None, start_step=0, precision="fp32", prediction_type="epsilon", snr_gamma=None,
           accelerator=None, progress=True):
@@ -33,6 +41,9 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
             step draws its batch, t and eps from a generator seeded by (seed, step), so a run
             split into pieces (``start_step`` = where the last piece stopped) equals one
             uninterrupted run, bit for bit on a CPU.
+        lr: the learning rate, or a function of the 0-based step giving it (a decay over the
+            run, e.g. ``cosine_lr``), set on the optimizer before each step; a number is used
+            only to build the default optimizer.
         optimizer: defaults to ``torch.optim.AdamW(model.parameters(), lr)``.
         ema: a ``make_ema`` average, updated after every step.
         precision: "fp32", or "bf16" to run the forward pass under ``torch.autocast``.
@@ -46,8 +57,8 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
     check_images(images, model, "images")
     check_int(steps, "steps"), check_int(seed, "seed"), check_int(batch_size, "batch_size", 1)
     check_int(start_step, "start_step")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if not callable(lr) and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+        raise ValueError(f"lr must be a positive number or a function of the step, got {lr!r}")
     check_choice(precision, "precision", PRECISIONS)
     if start_step > steps:
         raise ValueError(f"start_step ({start_step}) must not exceed steps ({steps})")
@@ -60,7 +71,8 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
     share = slice(rank * batch_size // world, (rank + 1) * batch_size // world)  # this process's
     device = model_device(model)
     images, schedule = images.to(device), schedule.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr) if optimizer is None else optimizer
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr(start_step) if callable(lr) else lr)
     model.train()
     losses = []
     for step in tqdm(range(start_step, steps), desc="train", initial=start_step, total=steps,
@@ -75,6 +87,8 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = ddpm_loss(model, x0[share], schedule, t=t[share], noise=eps[share],
                              prediction_type=prediction_type, snr_gamma=snr_gamma)
+        for group in optimizer.param_groups if callable(lr) else ():
+            group["lr"] = lr(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward() if accelerator is None else accelerator.backward(loss)
         optimizer.step()

@@ -198,3 +198,25 @@ def test_minutes_keep_and_the_target_travel_with_the_checkpoint(tmp_path):
     grid = np.asarray(Image.open(out), dtype=int)
     assert np.abs(grid - imgs["v_prediction"]).max() <= 1
     assert np.abs(grid - imgs["epsilon"]).max() > 10  # the target read as eps gives other images
+
+
+def test_cosine_lr_decay_resumes_only_with_the_same_steps(tmp_path):
+    base = ["--model", "unet2d-small", "--channels", "8,16", "--batch-size", "4", "--checkpoint-every", "2",
+            "--device", "cpu", "--no-progress"]
+    common = base + ["--lr-decay", "cosine"]
+    r = cli("train", *common, "--steps", "4", "--out", str(tmp_path / "one"))
+    assert r.returncode == 0, r.stderr
+    r = cli("train", *common, "--steps", "4", "--minutes", "0.0001", "--out", str(tmp_path / "two"))
+    assert r.returncode == 0, r.stderr
+    assert read_config(str(tmp_path / "two"))["meta"]["step"] == 2
+    bad = cli("train", *common, "--steps", "6", "--resume", "--out", str(tmp_path / "two"))
+    assert bad.returncode != 0 and "with cosine its --steps" in bad.stderr
+    r = cli("train", *common, "--steps", "4", "--resume", "--out", str(tmp_path / "two"))
+    assert r.returncode == 0, r.stderr
+    one, two = (read_config(str(tmp_path / d))["meta"] for d in ("one", "two"))
+    assert one["lr_decay"] == "cosine" and one["losses"] == two["losses"] and len(one["losses"]) == 4
+    w1, w2 = (dl.load_checkpoint(str(tmp_path / d), weights="model")[0] for d in ("one", "two"))
+    assert all(torch.equal(p, q) for p, q in zip(w1.parameters(), w2.parameters()))
+    const = cli("train", *base, "--steps", "4", "--out", str(tmp_path / "const"))
+    assert const.returncode == 0, const.stderr
+    assert read_config(str(tmp_path / "const"))["meta"]["losses"][3] != one["losses"][3]

