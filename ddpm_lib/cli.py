@@ -179,8 +179,8 @@ def cmd_train(args, argv):
             raise SystemExit("error: --resume needs the same --model, --seed, --batch-size, "
                              "--prediction-type and --schedule as the run (it has "
                              + ", ".join(f"{k} {old.get(k)}" for k in same) + ")")
-        if (old.get("lr_decay", "constant"), old["steps"] if args.lr_decay == "cosine" else None) != \
-                (args.lr_decay, args.steps if args.lr_decay == "cosine" else None):
+        if old.get("lr_decay", "constant") != args.lr_decay or (
+                args.lr_decay == "cosine" and old["steps"] != args.steps):
             raise SystemExit("error: --resume needs the run's --lr-decay, and with cosine its --steps "
                              f"(it has {old.get('lr_decay', 'constant')}, {old['steps']} steps)")
         model.load_state_dict(load_tensors(args.out, "model"))
