@@ -54,6 +54,8 @@ def save_checkpoint(path, model, model_name, ema=None, optimizer=None, meta=None
         config["model_kwargs"] = {"block_out_channels": list(c.block_out_channels),
                                   "layers_per_block": c.layers_per_block, "attention": c.add_attention,
                                   "norm_num_groups": c.norm_num_groups, "in_channels": c.in_channels}
+        if c.num_class_embeds is not None:  # class-conditional (chapter 9)
+            config["model_kwargs"]["num_classes"] = c.num_class_embeds - 1
     for fname, obj in files.items():
         target = os.path.join(path, fname)
         if fname.endswith(".pt"):

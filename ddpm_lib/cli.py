@@ -13,7 +13,8 @@ from .checkpoints import (PRETRAINED, WEIGHTS_DIR, commit_run_checkpoint, load_c
                           load_tensors, load_training_state, pretrained, read_config)
 from .data import SOURCES, load_mnist
 from .fast_sampling import SPACINGS, ddim_sample, respaced_sample
-from .models import MODEL_NAMES, build_model
+from .guidance import DEFAULT_GUIDANCE_SCALE
+from .models import MODEL_NAMES, build_model, num_classes
 from .schedule import NoiseSchedule
 from .targets import PREDICTION_TYPES
 from .training import cosine_lr, make_ema, train
@@ -71,6 +72,10 @@ def build_parser(recipe=None):
                    default=(16, 32, 64), help="unet2d-small: block_out_channels")
     t.add_argument("--layers-per-block", type=_positive_int, default=1, help="unet2d-small")
     t.add_argument("--attention", action="store_true", help="unet2d-small: self-attention at 7x7")
+    t.add_argument("--conditional", action="store_true",
+                   help="unet2d-small: class-conditional on the digit, for guidance (chapter 9)")
+    t.add_argument("--p-uncond", type=_checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+                   default=0.1, help="--conditional: probability of the null label in training")
     t.add_argument("--prediction-type", choices=PREDICTION_TYPES, default="epsilon")
     t.add_argument("--snr-gamma", type=_positive_float, default=None, help="min-SNR-gamma weighting")
     t.add_argument("--schedule", choices=SCHEDULES, default="linear")
@@ -99,6 +104,11 @@ def build_parser(recipe=None):
     s.add_argument("-n", type=_positive_int, default=64, help="number of images")
     s.add_argument("--out", required=True, help="PNG file for the grid")
     s.add_argument("--weights", choices=("ema", "model"), default="ema")
+    s.add_argument("--label", type=_checked(int, lambda v: 0 <= v <= 9, "a digit 0-9"), default=None,
+                   help="conditional model: the digit to draw (default: 0, 1, …, 9, 0, … in turn)")
+    s.add_argument("--guidance", type=_checked(float, lambda v: v >= 0, "a number >= 0"),
+                   default=DEFAULT_GUIDANCE_SCALE, help="conditional model: guidance scale s = 1 + w "
+                   f"(1: no guidance, 0: unconditional; default {DEFAULT_GUIDANCE_SCALE})")
     s.add_argument("--nrow", type=_positive_int, default=8)
     _common_options(s, cmd_sample)
     return p
@@ -145,6 +155,8 @@ def cmd_train(args, argv):
         args = build_parser(recipe=args.recipe).parse_args(argv)
     if args.model is None:
         raise SystemExit("error: train needs --model (or a --recipe that gives it)")
+    if args.conditional and args.model != "unet2d-small":
+        raise SystemExit("error: --conditional needs --model unet2d-small")
     accelerator = _accelerator(args)
     device, main_process = accelerator.device, accelerator.is_main_process
     has_run = os.path.isfile(os.path.join(args.out, "latest"))
@@ -157,7 +169,8 @@ def cmd_train(args, argv):
     data = load_mnist("train", source=args.data)
     torch.manual_seed(args.seed)  # the model's initial weights depend on the seed alone
     kwargs = dict(block_out_channels=args.channels, layers_per_block=args.layers_per_block,
-                  attention=args.attention) if args.model == "unet2d-small" else {}
+                  attention=args.attention, num_classes=10 if args.conditional else None) \
+        if args.model == "unet2d-small" else {}
     model = build_model(args.model, num_timesteps=args.num_timesteps, **kwargs).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     ema = make_ema(model, decay=args.ema_decay)
@@ -166,7 +179,8 @@ def cmd_train(args, argv):
             "num_train_images": int(data.images.shape[0]), "num_timesteps": args.num_timesteps,
             "ema_decay": args.ema_decay, "precision": args.precision, "recipe": args.recipe,
             "prediction_type": args.prediction_type, "snr_gamma": args.snr_gamma,
-            "schedule": args.schedule, "processes": accelerator.num_processes,
+            "schedule": args.schedule, "conditional": args.conditional,
+            "p_uncond": args.p_uncond if args.conditional else None, "processes": accelerator.num_processes,
             "channels_last": args.channels_last, "compile": args.compile, "commands": [],
             "hardware": torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"{device.type} ({os.cpu_count()} cores, {platform.machine()}{_cpu_name()})",
@@ -174,10 +188,10 @@ def cmd_train(args, argv):
             "losses": []}
     if args.resume:
         old = read_config(args.out)["meta"]
-        same = ("model", "seed", "batch_size", "prediction_type", "schedule")
+        same = ("model", "seed", "batch_size", "prediction_type", "schedule", "conditional", "p_uncond")
         if any(old.get(k, meta[k]) != meta[k] for k in same):
             raise SystemExit("error: --resume needs the same --model, --seed, --batch-size, "
-                             "--prediction-type and --schedule as the run (it has "
+                             "--prediction-type, --schedule, --conditional and --p-uncond as the run (it has "
                              + ", ".join(f"{k} {old.get(k)}" for k in same) + ")")
         if old.get("lr_decay", "constant") != args.lr_decay or (
                 args.lr_decay == "cosine" and old["steps"] != args.steps):
@@ -205,6 +219,7 @@ def cmd_train(args, argv):
         losses = train(net, data.images, schedule, steps=stop, batch_size=args.batch_size,
                        lr=lr, seed=args.seed, optimizer=optimizer, ema=ema, start_step=start,
                        prediction_type=args.prediction_type, snr_gamma=args.snr_gamma,
+                       labels=data.labels if args.conditional else None, p_uncond=args.p_uncond,
                        accelerator=accelerator, progress=not args.no_progress and main_process)
         meta.update(step=stop, losses=meta["losses"] + [round(x, 6) for x in losses],
                     wall_time_s=round(meta["wall_time_s"] + time.perf_counter() - t0, 3))
@@ -246,6 +261,11 @@ def cmd_sample(args, argv):
     kw = dict(generator=torch.Generator().manual_seed(args.seed), progress=not args.no_progress,
               precision=args.precision, prediction_type=meta.get("prediction_type", "epsilon"))
     shape = (args.n, 1, 28, 28)
+    if num_classes(model) is not None:  # a conditional model: these digits, guided
+        kw.update(labels=torch.full((args.n,), args.label) if args.label is not None
+                  else torch.arange(args.n) % 10, guidance_scale=args.guidance)
+    elif args.label is not None:
+        raise SystemExit("error: --label needs a class-conditional model (train --conditional)")
     if args.sampler == "ddim":
         x = ddim_sample(net, schedule, shape, num_steps=steps, eta=args.eta or 0.0,
                         spacing=args.spacing, **kw)

@@ -9,7 +9,8 @@ sampler asks about step i. DDIM (Song et al. 2021) then changes one line of the 
 import torch
 from tqdm import tqdm
 
-from .models import as_denoiser, model_device, model_in_channels
+from .guidance import conditioned
+from .models import as_denoiser, model_device, model_in_channels, num_classes
 from .posterior import predict_x0
 from .sampling import BAR_FORMAT, PRECISIONS, draw_normal, sample
 from .schedule import NoiseSchedule
@@ -52,10 +53,10 @@ class SpacedModel(torch.nn.Module):
     def __init__(self, model, timesteps):
         super().__init__()
         self.model, self.timesteps = model, torch.as_tensor(timesteps)
-        self.in_channels = model_in_channels(model)
+        self.in_channels, self.num_classes = model_in_channels(model), num_classes(model)
 
-    def forward(self, xt, i):
-        return as_denoiser(self.model)(xt, self.timesteps.to(i.device)[i])
+    def forward(self, xt, i, class_labels=None):
+        return as_denoiser(self.model)(xt, self.timesteps.to(i.device)[i], class_labels)
 
 
 def respaced_sample(model, schedule, shape, num_steps=50, spacing="leading", **kwargs):
@@ -72,14 +73,15 @@ def ddim_step(x0_pred, eps, abar_prev, sigma):
 
 @torch.inference_mode()
 def ddim_sample(model, schedule, shape, num_steps=50, eta=0.0, generator=None, spacing="leading",
-                clip_x0=False, x_T=None, precision="fp32", prediction_type="epsilon", progress=True):
+                clip_x0=False, x_T=None, precision="fp32", prediction_type="epsilon", labels=None,
+                guidance_scale=1.0, progress=True):
     """Draw x_0 with DDIM on num_steps of the T timesteps (加速采样; Song et al. 2021).
 
     The same trained eps_theta as ``sample``; sigma_i = eta sqrt(beta-tilde'_i) (eq. ddim-sigma):
     eta = 0 is deterministic given x_T, eta = 1 with num_steps = T is ``sample`` itself. Args as
     for ``sample``, and: num_steps in [1, T]; eta in [0, 1]; spacing "leading" or "trailing"
     (``spaced_timesteps``); x_T: start from this (B, C, H, W) tensor instead of drawing it (e.g.
-    from ``ddim_invert``); prediction_type as for ``sample``. The generator draws x_T (unless
+    from ``ddim_invert``); prediction_type, labels and guidance_scale as for ``sample``. The generator draws x_T (unless
     given), then z at each step with sigma_i > 0. Returns x_0 (B, C, H, W) on the model's device.
     """
     shape = check_images(shape if x_T is None else x_T, model, "x_T" if x_T is not None else "shape")
@@ -88,7 +90,7 @@ def ddim_sample(model, schedule, shape, num_steps=50, eta=0.0, generator=None, s
     check_choice(precision, "precision", PRECISIONS)
     check_generator(generator)
     tau = spaced_timesteps(num_steps, schedule.num_timesteps, spacing)
-    eps_model, device = SpacedModel(model, tau), model_device(model)
+    eps_model, device = SpacedModel(conditioned(model, shape, labels, guidance_scale), tau), model_device(model)
     spaced = respace(schedule, tau).to(device)
     sigmas = eta * spaced.posterior_variance.sqrt()
     # 1. x_T ~ N(0, I), or the caller's x_T

@@ -2,6 +2,7 @@
 import torch
 from tqdm import tqdm
 
+from .guidance import conditioned
 from .models import as_denoiser, model_device
 from .posterior import p_mean, predict_x0, q_posterior
 from .targets import eps_from_prediction
@@ -21,7 +22,8 @@ def draw_normal(shape, generator, device):
 
 @torch.inference_mode()
 def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type="fixed_small",
-           precision="fp32", prediction_type="epsilon", return_trajectory=False, progress=True):
+           precision="fp32", prediction_type="epsilon", labels=None, guidance_scale=1.0,
+           return_trajectory=False, progress=True):
     """Draw x_0 ~ p_theta by ancestral sampling (反向过程, Algorithm 2).
 
     x_T ~ N(0, I); for t = T-1 … 0 (0-based): x_{t-1} = mu_theta(x_t, t) + sigma_t z with
@@ -39,6 +41,9 @@ def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type=
         precision: "fp32", or "bf16" to run the model under ``torch.autocast``.
         prediction_type: what the model predicts, "epsilon", "sample" or "v_prediction"; the
             prediction is turned into eps (``targets.eps_from_prediction``) and used as below.
+        labels: for a class-conditional model, the (B,) integer classes to draw (条件生成);
+            guidance_scale: s of classifier-free guidance (``guidance.GuidedModel``; 1: the
+            conditional model alone, 0: the unconditional one).
         return_trajectory: also return [x_T, …, x_0] as a (T+1, B, C, H, W) CPU tensor.
     Returns x_0 (B, C, H, W) on the model's device, or (x_0, trajectory).
     """
@@ -46,7 +51,8 @@ def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type=
     check_choice(variance_type, "variance_type", VARIANCE_TYPES)
     check_choice(precision, "precision", PRECISIONS)
     check_generator(generator)
-    eps_model, device = as_denoiser(model), model_device(model)
+    eps_model = as_denoiser(conditioned(model, shape, labels, guidance_scale))
+    device = model_device(model)
     schedule = schedule.to(device)
     variances = schedule.posterior_variance if variance_type == "fixed_small" else schedule.betas
 

@@ -5,7 +5,8 @@ import torch
 from tqdm import tqdm
 
 from .losses import ddpm_loss
-from .models import model_device
+from .guidance import check_labels, drop_labels
+from .models import model_device, num_classes
 from .sampling import BAR_FORMAT, PRECISIONS
 from .validation import check_choice, check_images, check_int
 
@@ -31,7 +32,7 @@ def cosine_lr(lr, steps):
 
 def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optimizer=None,
           ema=None, start_step=0, precision="fp32", prediction_type="epsilon", snr_gamma=None,
-          accelerator=None, progress=True):
+          labels=None, p_uncond=0.1, accelerator=None, progress=True):
     """Minimise L_simple with AdamW (优化目标, Algorithm 1); returns the loss of each step.
 
     Args: model: a denoiser (``models.as_denoiser``) on its device; put in training mode here
@@ -48,6 +49,8 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
         ema: a ``make_ema`` average, updated after every step.
         precision: "fp32", or "bf16" to run the forward pass under ``torch.autocast``.
         prediction_type, snr_gamma: the target and the loss weighting (``ddpm_loss``).
+        labels: for a class-conditional model, the (N,) integer classes of the images; each
+            drawn label becomes the null label with probability p_uncond (``guidance.drop_labels``).
         accelerator: an ``accelerate.Accelerator`` that prepared model and optimizer, for one
             process or many (``accelerate launch``): every process draws the whole step's batch
             from (seed, step) and trains on its 1/N share; DDP averages the gradients, so N
@@ -70,6 +73,9 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
         raise ValueError(f"batch_size ({batch_size}) must be a multiple of the {world} processes")
     share = slice(rank * batch_size // world, (rank + 1) * batch_size // world)  # this process's
     device = model_device(model)
+    if labels is not None or num_classes(model) is not None:
+        labels = check_labels(labels, images.shape[0], model).to(device)
+        drop_labels(labels[:0], p_uncond, num_classes(model))  # checks p_uncond
     images, schedule = images.to(device), schedule.to(device)
     if optimizer is None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr(start_step) if callable(lr) else lr)
@@ -79,14 +85,18 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
                      disable=not progress, bar_format=BAR_FORMAT):
         # 1. x_0 from the data, t ~ U{0, …, T-1}, eps ~ N(0, I): this step's own draws
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        x0 = images[torch.randint(0, images.shape[0], (batch_size,), generator=g).to(device)]
+        idx = torch.randint(0, images.shape[0], (batch_size,), generator=g).to(device)
+        x0 = images[idx]
         t = torch.randint(0, schedule.num_timesteps, (batch_size,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
+        # and, for a conditional model, its labels with some dropped to the null label (ch. 9)
+        c = None if labels is None else drop_labels(labels[idx], p_uncond, num_classes(model), g)
         # 2. a gradient step on ||eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t)||^2
         #    (or on another target, weighted: chapter 8), over this process's share of the batch
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = ddpm_loss(model, x0[share], schedule, t=t[share], noise=eps[share],
-                             prediction_type=prediction_type, snr_gamma=snr_gamma)
+                             prediction_type=prediction_type, snr_gamma=snr_gamma,
+                             labels=None if c is None else c[share])
         for group in optimizer.param_groups if callable(lr) else ():
             group["lr"] = lr(step)
         optimizer.zero_grad(set_to_none=True)

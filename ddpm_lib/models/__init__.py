@@ -1,4 +1,5 @@
-"""Denoisers and the one calling contract every part of ddpm_lib uses: ``eps = model(x_t, t)``."""
+"""Denoisers and the one calling contract every part of ddpm_lib uses: ``eps = model(x_t, t)``,
+or ``model(x_t, t, class_labels=c)`` for a class-conditional one (chapter 条件生成)."""
 import torch
 
 from .basic_unet import BasicUNet, BasicUNetFixed
@@ -20,15 +21,16 @@ def build_model(name, num_timesteps=1000, **kwargs):
 
 
 def as_denoiser(model):
-    """Adapt a model to ``eps = f(x_t, t)``: the seed's BasicUNet ignores t; any other callable
-    is called as ``model(x_t, t)``, and an output with ``.sample`` (diffusers') is unwrapped."""
+    """Adapt a model to ``eps = f(x_t, t, class_labels=None)``: the seed's BasicUNet ignores t;
+    any other callable is called as ``model(x_t, t)``, or ``model(x_t, t, class_labels=c)`` when
+    labels are given, and an output with ``.sample`` (diffusers') is unwrapped."""
     if type(getattr(model, "_orig_mod", model)) is BasicUNet:  # _orig_mod: under torch.compile
         return lambda xt, t: model(xt)
     if not callable(model):
         raise ValueError(f"model must be callable as model(x_t, t), got {type(model).__name__}")
 
-    def f(xt, t):
-        out = model(xt, t)
+    def f(xt, t, class_labels=None):
+        out = model(xt, t) if class_labels is None else model(xt, t, class_labels=class_labels)
         return out.sample if hasattr(out, "sample") else out
     return f
 
@@ -37,6 +39,17 @@ def model_device(model):
     """The device of a model's parameters; the CPU for a model without any."""
     params = model.parameters() if isinstance(model, torch.nn.Module) else iter(())
     return next(params, torch.zeros(0)).device
+
+
+def num_classes(model):
+    """K, the classes of a class-conditional model (its class embeddings less the null label),
+    or None for an unconditional one; sees through torch.compile, DDP and ddpm_lib's wrappers."""
+    while hasattr(model, "_orig_mod") or hasattr(model, "module"):
+        model = model._orig_mod if hasattr(model, "_orig_mod") else model.module
+    if hasattr(model, "num_classes"):
+        return model.num_classes
+    n = getattr(getattr(model, "config", None), "num_class_embeds", None)
+    return None if n is None else n - 1
 
 
 def model_in_channels(model):

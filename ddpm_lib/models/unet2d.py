@@ -25,9 +25,11 @@ def make_unet2d(sample_size=28, in_channels=1, out_channels=1):
 
 
 def make_small_unet2d(block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8,
-                      attention=False, in_channels=1):
+                      attention=False, in_channels=1, num_classes=None):
     """A ``UNet2DModel`` sized for a CPU (chapter 8): 619,697 parameters by default. attention:
-    self-attention in the lowest-resolution blocks (down, middle and up) or in none."""
+    self-attention in the lowest-resolution blocks (down, middle and up) or in none;
+    num_classes: K for a class-conditional model (chapter 9): K + 1 class embeddings, the last
+    one the null label of classifier-free guidance, added to the timestep embedding."""
     from diffusers import UNet2DModel
 
     n = len(block_out_channels)
@@ -35,6 +37,7 @@ def make_small_unet2d(block_out_channels=(16, 32, 64), layers_per_block=1, norm_
         sample_size=28, in_channels=in_channels, out_channels=in_channels,
         block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
         norm_num_groups=norm_num_groups, add_attention=attention,
+        num_class_embeds=None if num_classes is None else num_classes + 1,
         down_block_types=("DownBlock2D",) * (n - 1) + ("AttnDownBlock2D" if attention else "DownBlock2D",),
         up_block_types=("AttnUpBlock2D" if attention else "UpBlock2D",) + ("UpBlock2D",) * (n - 1),
     )

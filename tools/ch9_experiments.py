@@ -1,0 +1,103 @@
+"""Chapter 9's recorded measurement: the class-conditional CPU-recipe model under classifier-free
+guidance. For each w of W (guidance_scale s = 1 + w), 26 samples of every digit (260; 256 is not
+a multiple of 10) by DDIM (eta = 0, 50 steps, x_T from Generator(cpu).manual_seed(0), the same
+x_T for every w) from the EMA weights, judged by the book's classifier (ddpm_lib.metrics):
+
+- accuracy: the share the classifier reads as the requested digit;
+- confident: the share with max p >= 0.9, over all and per requested digit;
+- frechet_class: the Fréchet distance of each digit's samples to the last 74 embedded test digits
+  of that class, averaged over digits (26 samples per digit: biased upwards, comparable across w
+  and with the first 26 test digits of each class, the "real" row);
+- diversity: the mean pairwise distance of classifier features within a digit, averaged;
+- frechet: the 260 samples against the 744 reference digits (chapter 6's distance).
+
+Writes book/results/ch9_guidance.json and 8 samples per digit and w (uint8) to
+book/results/ch9_samples.safetensors. The model is trained first if RUN holds none:
+
+    python tools/ch9_experiments.py [RUN]      # RUN default /tmp/ch9_runs/cond
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import save_file
+
+import ddpm_lib as dl
+from ddpm_lib import metrics
+from ddpm_lib.cli import SCHEDULES
+from ddpm_lib.data import load_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "book", "results", "ch9_guidance.json")
+SAMPLES = os.path.join(ROOT, "book", "results", "ch9_samples.safetensors")
+TRAIN = ["train", "--recipe", "cpu", "--conditional", "--steps", "6000", "--seed", "0",
+         "--checkpoint-every", "500", "--keep", "0", "--no-progress"]
+W = (0, 0.5, 1, 2, 3, 5, 8)
+PER_DIGIT, GRID = 26, 8
+
+
+def digit_scores(images, labels, classifier, class_ref):
+    """The figures above for images (N, 1, 28, 28) meant to show ``labels`` (N,); class_ref:
+    each digit's reference features."""
+    feats, probs = metrics._predict(classifier, images)
+    conf, pred = probs.max(-1)
+    fd, div, conf_digit = [], [], []
+    for c in range(10):
+        mine, real = feats[labels == c], class_ref[c]
+        fd.append(metrics.frechet_distance(mine, real))
+        div.append(torch.pdist(mine).mean().item())
+        conf_digit.append((conf[labels == c] >= 0.9).double().mean().item())
+    return {"accuracy": (pred == labels).double().mean().item(),
+            "confident": (conf >= 0.9).double().mean().item(),
+            "confident_per_digit": [round(v, 4) for v in conf_digit],
+            "accuracy_per_digit": [round((pred[labels == c] == c).double().mean().item(), 4) for c in range(10)],
+            "frechet_class": sum(fd) / 10, "diversity": sum(div) / 10}
+
+
+def main(run):
+    if not os.path.isfile(os.path.join(run, "latest")):
+        subprocess.run([sys.executable, "-m", "ddpm_lib", *TRAIN, "--out", run], check=True, cwd=ROOT)
+    model, cfg = dl.load_checkpoint(run)
+    meta = cfg["meta"]
+    schedule = SCHEDULES[meta["schedule"]](meta["num_timesteps"])
+    classifier, (real, ref) = metrics.load_classifier(), metrics.reference_sets()
+    test = load_mnist("test", source="embedded")
+    labels = torch.arange(10).repeat_interleave(PER_DIGIT)  # 26 zeros, 26 ones, …
+    # the real row: the first 26 test digits of each class, scored against the other 74
+    by_class = [torch.nonzero(test.labels == c)[:, 0] for c in range(10)]
+    first = torch.cat([i[:PER_DIGIT] for i in by_class])
+    class_ref = [metrics._predict(classifier, test.images[i[PER_DIGIT:]])[0] for i in by_class]
+    rows = {"real": {**digit_scores(test.images[first], labels, classifier, class_ref),
+                     "frechet": metrics.baselines(classifier)["real"]["frechet"]}}  # 256 vs 744
+    grid = {}
+    for w in W:
+        t0 = time.perf_counter()
+        x = dl.ddim_sample(model, schedule, (len(labels), 1, 28, 28), num_steps=50,
+                           generator=torch.Generator().manual_seed(0), labels=labels,
+                           guidance_scale=1 + w, prediction_type=meta["prediction_type"], progress=False)
+        seconds = time.perf_counter() - t0
+        rows[str(w)] = {"w": w, "guidance_scale": 1 + w, **digit_scores(x, labels, classifier, class_ref),
+                        "frechet": metrics.evaluate(x, classifier, ref)["frechet"],
+                        "sampling_s": round(seconds, 1)}
+        keep = torch.cat([torch.arange(c * PER_DIGIT, c * PER_DIGIT + GRID) for c in range(10)])
+        grid[f"w={w}"] = ((x[keep].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).contiguous()
+        print(w, {k: round(v, 4) if isinstance(v, float) else v for k, v in rows[str(w)].items()}, flush=True)
+    results = {"metric": f"DDIM eta=0, 50 steps, {PER_DIGIT} samples per digit, x_T seed 0, EMA weights",
+               "per_digit": PER_DIGIT, "w": list(W), "rows": rows,
+               "model": {**{k: meta[k] for k in ("step", "batch_size", "wall_time_s", "hardware", "torch",
+                                                 "p_uncond", "prediction_type", "schedule")},
+                         "commands": [c.replace(run, "runs/cond") for c in meta["commands"]]},
+               "first_losses": meta["losses"][:50],
+               "loss_last100": sum(meta["losses"][-100:]) / 100}
+    with open(RESULTS + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    os.replace(RESULTS + ".tmp", RESULTS)
+    save_file(grid, SAMPLES)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "/tmp/ch9_runs/cond")
