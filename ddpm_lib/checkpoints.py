@@ -157,13 +157,13 @@ def commit_run_checkpoint(run_dir, step, model, model_name, keep=2, **kwargs):
     return os.path.join(run_dir, name)
 
 
-PRETRAINED = ("unet2d", "basic-fixed", "cpu-recipe")
+PRETRAINED = ("unet2d", "basic-fixed", "cpu-recipe", "cpu-cfg")
 
 
 def pretrained(name, device="cpu"):
-    """A shipped model: "unet2d" (seed config), "basic-fixed" or "cpu-recipe" (chapter 8's
+    """A shipped model: "unet2d" (seed config), "basic-fixed", "cpu-recipe" (chapter 8's
     recipe, a v-predicting unet2d-small: sample it with the prediction_type and schedule of its
-    config's meta, as the CLI does). Checks the sha256 of the weights
+    config's meta, as the CLI does) or "cpu-cfg" (the same, class-conditional: chapter 9). Checks the sha256 of the weights
     against config.json and MANIFEST.json; returns the model in eval mode."""
     check_choice(name, "name", PRETRAINED)
     path, file = os.path.join(WEIGHTS_DIR, name), os.path.join(WEIGHTS_DIR, "MANIFEST.json")
@@ -176,7 +176,8 @@ def pretrained(name, device="cpu"):
 
 def pretrained_samples(name):
     """The shipped model's 256 samples, (256, 1, 28, 28): 32 batches of 8, batch k drawn with
-    torch.Generator().manual_seed(k) (tests/test_pretrained.py replays them on a CPU)."""
+    torch.Generator().manual_seed(k) (tests/test_pretrained.py replays them on a CPU); cpu-cfg's
+    batch k shows the digits (8k + i) mod 10 at its config's guidance_scale."""
     from safetensors.torch import load_file
 
     check_choice(name, "name", PRETRAINED)

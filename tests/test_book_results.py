@@ -26,3 +26,27 @@ def test_chapter1_reverse_chain_is_regenerated_by_its_tool():
     diff = (frames - torch.tensor(recorded["frames"])).abs().max().item()
     assert diff < 1e-3, diff  # rounded to 5 decimals; a different seed or model differs by ~1
     assert frames[0].std() > 0.3 and frames[-1].std() > 0.8  # a digit at k = 0, noise at k = T
+
+
+@pytest.mark.slow
+def test_chapter9_unguided_row_is_regenerated_from_the_shipped_weights():
+    # cpu-cfg is the EMA weights the measurement sampled; its w = 0 row (one network call a step)
+    # is drawn again here and scored as tools/ch9_experiments.py scored it
+    from safetensors.torch import load_file
+
+    import ddpm_lib as dl
+    from ddpm_lib import metrics
+    from ddpm_lib.checkpoints import WEIGHTS_DIR, read_config
+
+    ch9 = tool("ch9_experiments")
+    recorded = json.load(open(ch9.RESULTS, encoding="utf-8"))["rows"]["0"]
+    meta = read_config(os.path.join(WEIGHTS_DIR, "cpu-cfg"))["meta"]
+    labels = ch9.requested()
+    x = ch9.draw(dl.pretrained("cpu-cfg"), dl.NoiseSchedule.cosine(), meta, labels, 0)
+    grid = ch9.grid_images(x).int()
+    assert (grid - load_file(ch9.SAMPLES)["w=0"].int()).abs().max() <= 1
+    classifier = metrics.load_classifier()
+    ours = ch9.digit_scores(x, labels, classifier, ch9.class_references(classifier)[1])
+    assert abs(ours["accuracy"] - recorded["accuracy"]) <= 1 / 260 + 1e-9
+    assert abs(ours["confident"] - recorded["confident"]) <= 1 / 260 + 1e-9
+    assert ours["frechet_class"] == pytest.approx(recorded["frechet_class"], rel=0.01)

@@ -57,6 +57,32 @@ def digit_scores(images, labels, classifier, class_ref):
             "frechet_class": sum(fd) / 10, "diversity": sum(div) / 10}
 
 
+def requested():
+    """The requested digits: 26 zeros, 26 ones, …, 26 nines."""
+    return torch.arange(10).repeat_interleave(PER_DIGIT)
+
+
+def draw(model, schedule, meta, labels, w):
+    """The measurement's samples at weight w: DDIM (eta = 0, 50 steps), x_T from seed 0, s = 1 + w."""
+    return dl.ddim_sample(model, schedule, (len(labels), 1, 28, 28), num_steps=50,
+                          generator=torch.Generator().manual_seed(0), labels=labels,
+                          guidance_scale=1 + w, prediction_type=meta["prediction_type"], progress=False)
+
+
+def grid_images(x):
+    """The first GRID samples of each digit, as uint8."""
+    keep = torch.cat([torch.arange(c * PER_DIGIT, c * PER_DIGIT + GRID) for c in range(10)])
+    return ((x[keep].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).contiguous()
+
+
+def class_references(classifier):
+    """(the first 26 test digits of each class in order, each class's features of the other 74)."""
+    test = load_mnist("test", source="embedded")
+    by_class = [torch.nonzero(test.labels == c)[:, 0] for c in range(10)]
+    first = torch.cat([i[:PER_DIGIT] for i in by_class])
+    return test.images[first], [metrics._predict(classifier, test.images[i[PER_DIGIT:]])[0] for i in by_class]
+
+
 def main(run):
     if not os.path.isfile(os.path.join(run, "latest")):
         subprocess.run([sys.executable, "-m", "ddpm_lib", *TRAIN, "--out", run], check=True, cwd=ROOT)
@@ -64,26 +90,20 @@ def main(run):
     meta = cfg["meta"]
     schedule = SCHEDULES[meta["schedule"]](meta["num_timesteps"])
     classifier, (real, ref) = metrics.load_classifier(), metrics.reference_sets()
-    test = load_mnist("test", source="embedded")
-    labels = torch.arange(10).repeat_interleave(PER_DIGIT)  # 26 zeros, 26 ones, …
+    labels = requested()
     # the real row: the first 26 test digits of each class, scored against the other 74
-    by_class = [torch.nonzero(test.labels == c)[:, 0] for c in range(10)]
-    first = torch.cat([i[:PER_DIGIT] for i in by_class])
-    class_ref = [metrics._predict(classifier, test.images[i[PER_DIGIT:]])[0] for i in by_class]
-    rows = {"real": {**digit_scores(test.images[first], labels, classifier, class_ref),
+    real_digits, class_ref = class_references(classifier)
+    rows = {"real": {**digit_scores(real_digits, labels, classifier, class_ref),
                      "frechet": metrics.baselines(classifier)["real"]["frechet"]}}  # 256 vs 744
     grid = {}
     for w in W:
         t0 = time.perf_counter()
-        x = dl.ddim_sample(model, schedule, (len(labels), 1, 28, 28), num_steps=50,
-                           generator=torch.Generator().manual_seed(0), labels=labels,
-                           guidance_scale=1 + w, prediction_type=meta["prediction_type"], progress=False)
+        x = draw(model, schedule, meta, labels, w)
         seconds = time.perf_counter() - t0
         rows[str(w)] = {"w": w, "guidance_scale": 1 + w, **digit_scores(x, labels, classifier, class_ref),
                         "frechet": metrics.evaluate(x, classifier, ref)["frechet"],
                         "sampling_s": round(seconds, 1)}
-        keep = torch.cat([torch.arange(c * PER_DIGIT, c * PER_DIGIT + GRID) for c in range(10)])
-        grid[f"w={w}"] = ((x[keep].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).contiguous()
+        grid[f"w={w}"] = grid_images(x)
         print(w, {k: round(v, 4) if isinstance(v, float) else v for k, v in rows[str(w)].items()}, flush=True)
     results = {"metric": f"DDIM eta=0, 50 steps, {PER_DIGIT} samples per digit, x_T seed 0, EMA weights",
                "per_digit": PER_DIGIT, "w": list(W), "rows": rows,

@@ -85,7 +85,11 @@ def main(argv):
             "final_loss_mean_last_100": round(sum(last) / len(last), 5),
             "metrics_256_samples": metrics.evaluate(samples[name], cls),
             "samples": "ddpm_lib/weights/samples.safetensors: 32 batches of 8, batch k drawn with "
-                       "torch.Generator().manual_seed(k), fp32, TF32 off",
+                       "torch.Generator().manual_seed(k), fp32, TF32 off"
+                       + (f"; digits (8k + i) mod 10, guidance_scale {meta['guidance_scale']}"
+                          if "guidance_scale" in meta else ""),
+            **({"conditional": True, "p_uncond": meta["p_uncond"], "guidance_scale": meta["guidance_scale"]}
+               if "guidance_scale" in meta else {}),
             "sha256": sha256_file(os.path.join(W, name, "model.safetensors")),
         }
     write_text(os.path.join(W, "MANIFEST.json"), json.dumps(manifest, indent=2, ensure_ascii=False))
