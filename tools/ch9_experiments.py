@@ -15,6 +15,12 @@ Writes book/results/ch9_guidance.json and 8 samples per digit and w (uint8) to
 book/results/ch9_samples.safetensors. The model is trained first if RUN holds none:
 
     python tools/ch9_experiments.py [RUN]      # RUN default /tmp/ch9_runs/cond
+    python tools/ch9_experiments.py control    # then: the same run without --conditional
+
+`control` trains the recipe with the same command less --conditional (in /tmp/ch9_runs/uncond)
+and adds to the JSON the chapter-6 metric (evaluate: 260 samples against the 744 reference
+digits) of its samples and of the conditional model's at s = 0 (the null label) and s = 1, all
+from the same x_T: does knowing the digit make the network learn faster?
 """
 import json
 import os
@@ -83,6 +89,34 @@ def class_references(classifier):
     return test.images[first], [metrics._predict(classifier, test.images[i[PER_DIGIT:]])[0] for i in by_class]
 
 
+def control(cond_run="/tmp/ch9_runs/cond", uncond_run="/tmp/ch9_runs/uncond"):
+    train = [a for a in TRAIN if a != "--conditional"]
+    if not os.path.isfile(os.path.join(uncond_run, "latest")):
+        subprocess.run([sys.executable, "-m", "ddpm_lib", *train, "--out", uncond_run], check=True, cwd=ROOT)
+    classifier, (_, ref) = metrics.load_classifier(), metrics.reference_sets()
+    labels, out = requested(), {}
+    for name, run, kw in (("unconditional", uncond_run, {}),
+                          ("conditional, s = 0", cond_run, {"labels": labels, "guidance_scale": 0.0}),
+                          ("conditional, s = 1", cond_run, {"labels": labels, "guidance_scale": 1.0})):
+        model, cfg = dl.load_checkpoint(run)
+        meta = cfg["meta"]
+        x = dl.ddim_sample(model, SCHEDULES[meta["schedule"]](meta["num_timesteps"]), (len(labels), 1, 28, 28),
+                           num_steps=50, generator=torch.Generator().manual_seed(0),
+                           prediction_type=meta["prediction_type"], progress=False, **kw)
+        m = metrics.evaluate(x, classifier, ref)
+        out[name] = {"frechet": m["frechet"], "confident": m["confident"], "entropy_bits": m["entropy_bits"],
+                     "step": meta["step"], "train_minutes": round(meta["wall_time_s"] / 60, 2),
+                     "command": meta["commands"][0].replace(run, "runs/" + os.path.basename(run))}
+        print(name, out[name], flush=True)
+    with open(RESULTS, encoding="utf-8") as f:
+        results = json.load(f)
+    results["control"] = out
+    with open(RESULTS + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    os.replace(RESULTS + ".tmp", RESULTS)
+
+
 def main(run):
     if not os.path.isfile(os.path.join(run, "latest")):
         subprocess.run([sys.executable, "-m", "ddpm_lib", *TRAIN, "--out", run], check=True, cwd=ROOT)
@@ -112,6 +146,9 @@ def main(run):
                          "commands": [c.replace(run, "runs/cond") for c in meta["commands"]]},
                "first_losses": meta["losses"][:50],
                "loss_last100": sum(meta["losses"][-100:]) / 100}
+    if os.path.isfile(RESULTS):  # keep the control rows of an earlier `control`
+        with open(RESULTS, encoding="utf-8") as f:
+            results.update({k: v for k, v in json.load(f).items() if k == "control"})
     with open(RESULTS + ".tmp", "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, ensure_ascii=False)
         f.write("\n")
@@ -120,4 +157,7 @@ def main(run):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "/tmp/ch9_runs/cond")
+    if sys.argv[1:2] == ["control"]:
+        control()
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else "/tmp/ch9_runs/cond")

@@ -25,7 +25,7 @@ def as_denoiser(model):
     any other callable is called as ``model(x_t, t)``, or ``model(x_t, t, class_labels=c)`` when
     labels are given, and an output with ``.sample`` (diffusers') is unwrapped."""
     if type(getattr(model, "_orig_mod", model)) is BasicUNet:  # _orig_mod: under torch.compile
-        return lambda xt, t: model(xt)
+        return lambda xt, t, class_labels=None: model(xt)
     if not callable(model):
         raise ValueError(f"model must be callable as model(x_t, t), got {type(model).__name__}")
 

@@ -18,7 +18,7 @@ SHOTS = os.path.join(ROOT, "_build", "screenshots")
 CHROMIUM = "/usr/bin/chromium"
 MATH_PAGES = {"book/preface", "book/01_introduction", "book/02_forward_process", "book/03_reverse_process",
               "book/04_objective", "book/05_basic_unet", "book/06_unet2d", "book/07_fast_sampling",
-              "book/08_cpu_training",
+              "book/08_cpu_training", "book/09_conditional",
               "book/errata", "book/glossary"}
 
 
