@@ -81,8 +81,9 @@ def ddim_sample(model, schedule, shape, num_steps=50, eta=0.0, generator=None, s
     eta = 0 is deterministic given x_T, eta = 1 with num_steps = T is ``sample`` itself. Args as
     for ``sample``, and: num_steps in [1, T]; eta in [0, 1]; spacing "leading" or "trailing"
     (``spaced_timesteps``); x_T: start from this (B, C, H, W) tensor instead of drawing it (e.g.
-    from ``ddim_invert``); prediction_type, labels and guidance_scale as for ``sample``. The generator draws x_T (unless
-    given), then z at each step with sigma_i > 0. Returns x_0 (B, C, H, W) on the model's device.
+    from ``ddim_invert``); prediction_type, labels and guidance_scale as for ``sample``. The
+    generator draws x_T (unless given), then z at each step with sigma_i > 0. Returns x_0
+    (B, C, H, W) on the model's device.
     """
     shape = check_images(shape if x_T is None else x_T, model, "x_T" if x_T is not None else "shape")
     if not 0 <= eta <= 1:
@@ -90,7 +91,8 @@ def ddim_sample(model, schedule, shape, num_steps=50, eta=0.0, generator=None, s
     check_choice(precision, "precision", PRECISIONS)
     check_generator(generator)
     tau = spaced_timesteps(num_steps, schedule.num_timesteps, spacing)
-    eps_model, device = SpacedModel(conditioned(model, shape, labels, guidance_scale), tau), model_device(model)
+    eps_model = SpacedModel(conditioned(model, shape, labels, guidance_scale), tau)
+    device = model_device(model)
     spaced = respace(schedule, tau).to(device)
     sigmas = eta * spaced.posterior_variance.sqrt()
     # 1. x_T ~ N(0, I), or the caller's x_T
