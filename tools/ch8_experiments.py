@@ -9,7 +9,13 @@ tool to go on after an interruption) and 64 samples per scored checkpoint to
 book/results/ch8_samples.safetensors (uint8).
 
     python tools/ch8_experiments.py rows [NAME ...]     # the ablation rows
-    python tools/ch8_experiments.py curve recipe|seed-unet2d
+    python tools/ch8_experiments.py curve recipe|seed-unet2d|recipe-conditional
+    python tools/ch8_experiments.py samplers      # the two recipes' 10-minute weights, 2 samplers
+
+recipe-conditional is the recipe given the digit's label (chapter 9's --conditional) and scored
+without guidance (s = 1): each sample's label is drawn from the training labels' frequencies, so
+the samples are draws from the model's p(x) = sum_c p(c) p(x | c), the same target as the
+unconditional models' samples.
 """
 import json
 import os
@@ -23,7 +29,10 @@ from safetensors.torch import load_file, save_file
 
 import ddpm_lib as dl
 from ddpm_lib import metrics
+from ddpm_lib.checkpoints import WEIGHTS_DIR, read_config
 from ddpm_lib.cli import SCHEDULES
+from ddpm_lib.fast_sampling import respaced_sample
+from ddpm_lib.models import num_classes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "book", "results", "ch8_runs.json")
@@ -50,7 +59,15 @@ ROWS = [  # name, what changes from the first try, the flags that change it
 CURVES = {  # flags, minutes, the minute marks scored, steps between checkpoints (~10-20 s)
     "recipe": (["--recipe", "cpu"], 10, (1, 2, 5, 10), 50),
     "seed-unet2d": (["--model", "unet2d", "--batch-size", "128", "--lr", "1e-3"], 5, (1, 2, 5), 5),
+    "recipe-conditional": (["--recipe", "cpu", "--conditional"], 10, (1, 2, 5, 10), 50),
 }
+
+
+def prior_labels(n=None):
+    """n labels drawn from the training digits' label frequencies p(c), Generator seed 0."""
+    counts = torch.bincount(dl.load_mnist("train", source="embedded").labels, minlength=10).double()
+    return torch.multinomial(counts, n or metrics.N_EVAL, replacement=True,
+                             generator=torch.Generator().manual_seed(0))
 
 
 def load_results():
@@ -82,9 +99,10 @@ def score(checkpoint, key):
     model, cfg = dl.load_checkpoint(checkpoint)
     meta = cfg["meta"]
     schedule = SCHEDULES[meta["schedule"]](meta["num_timesteps"])
+    labels = prior_labels() if num_classes(model) else None  # sampled at s = 1: no guidance
     t0 = time.perf_counter()
     x = dl.ddim_sample(model, schedule, (metrics.N_EVAL, 1, 28, 28), num_steps=50,
-                       generator=torch.Generator().manual_seed(0),
+                       generator=torch.Generator().manual_seed(0), labels=labels,
                        prediction_type=meta["prediction_type"], progress=False)
     m = metrics.evaluate(x)
     keep_samples(key, x)
@@ -144,8 +162,36 @@ def curve(name):
     save_results(results)
 
 
+def samplers():
+    """The recipe's shipped 10-minute weights (cpu-recipe) and the label-conditioned recipe's last
+    checkpoint, each by the metric's 50-step DDIM (eta = 0) and by 50-step respaced DDPM (chapter
+    7's stochastic sampler), from the same x_T; the conditional model at s = 1 with prior_labels()."""
+    results = load_results()
+    run = results["curves"]["recipe-conditional"]["run"]
+    out = {}
+    for name, (model, meta) in {
+            "recipe": (dl.pretrained("cpu-recipe"), read_config(os.path.join(WEIGHTS_DIR, "cpu-recipe"))["meta"]),
+            "recipe-conditional": (lambda m, c: (m, c["meta"]))(*dl.load_checkpoint(run))}.items():
+        schedule = SCHEDULES[meta["schedule"]](meta["num_timesteps"])
+        labels = prior_labels() if num_classes(model) else None
+        for sampler, draw in (("ddim50", dl.ddim_sample), ("respaced-ddpm50", respaced_sample)):
+            x = draw(model, schedule, (metrics.N_EVAL, 1, 28, 28), num_steps=50,
+                     generator=torch.Generator().manual_seed(0), labels=labels,
+                     prediction_type=meta["prediction_type"], progress=False)
+            m = metrics.evaluate(x)
+            out[f"{name} {sampler}"] = {"step": meta["step"], "train_minutes": round(meta["wall_time_s"] / 60, 3),
+                                        "frechet": round(m["frechet"], 2), "confident": round(m["confident"], 4),
+                                        "entropy_bits": round(m["entropy_bits"], 3), "counts": m["counts"]}
+            keep_samples(f"{name}/{sampler}", x)
+            print(name, sampler, out[f"{name} {sampler}"], flush=True)
+    results["samplers"] = out
+    save_results(results)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "rows":
         rows(sys.argv[2:])
+    elif sys.argv[1] == "samplers":
+        samplers()
     else:
         curve(sys.argv[2])
