@@ -157,14 +157,16 @@ def commit_run_checkpoint(run_dir, step, model, model_name, keep=2, **kwargs):
     return os.path.join(run_dir, name)
 
 
-PRETRAINED = ("unet2d", "basic-fixed", "cpu-recipe", "cpu-cfg")
+PRETRAINED = ("unet2d", "basic-fixed", "cpu-recipe", "cpu-cfg", "cpu-labels")
 
 
 def pretrained(name, device="cpu"):
     """A shipped model: "unet2d" (seed config), "basic-fixed", "cpu-recipe" (chapter 8's
     recipe, a v-predicting unet2d-small: sample it with the prediction_type and schedule of its
-    config's meta, as the CLI does) or "cpu-cfg" (the same, class-conditional: chapter 9). Checks the sha256 of the weights
-    against config.json and MANIFEST.json; returns the model in eval mode."""
+    config's meta, as the CLI does), "cpu-cfg" (the same, class-conditional: chapter 9) or
+    "cpu-labels" (the recipe given the labels, 10 minutes: chapter 8; sample it at guidance_scale
+    1). Checks the sha256 of the weights against config.json and MANIFEST.json; returns the model
+    in eval mode."""
     check_choice(name, "name", PRETRAINED)
     path, file = os.path.join(WEIGHTS_DIR, name), os.path.join(WEIGHTS_DIR, "MANIFEST.json")
     with open(file, encoding="utf-8") as f:
@@ -176,8 +178,8 @@ def pretrained(name, device="cpu"):
 
 def pretrained_samples(name):
     """The shipped model's 256 samples, (256, 1, 28, 28): 32 batches of 8, batch k drawn with
-    torch.Generator().manual_seed(k) (tests/test_pretrained.py replays them on a CPU); cpu-cfg's
-    batch k shows the digits (8k + i) mod 10 at its config's guidance_scale."""
+    torch.Generator().manual_seed(k) (tests/test_pretrained.py replays them on a CPU); cpu-cfg's and
+    cpu-labels' batch k shows the digits (8k + i) mod 10 at its config's guidance_scale."""
     from safetensors.torch import load_file
 
     check_choice(name, "name", PRETRAINED)

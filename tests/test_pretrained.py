@@ -84,7 +84,7 @@ def test_pretrained_checks_hash(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["basic-fixed", "unet2d", "cpu-recipe", "cpu-cfg"])
+@pytest.mark.parametrize("name", ["basic-fixed", "unet2d", "cpu-recipe", "cpu-cfg", "cpu-labels"])
 def test_stored_samples_replay_on_cpu(name):
     # unet2d's samples were drawn on the H200 (fp32, TF32 off), the others on CPU; cpu-recipe
     # predicts v on the cosine schedule (its config's meta says so)
@@ -92,7 +92,7 @@ def test_stored_samples_replay_on_cpu(name):
     meta = read_config(os.path.join(WEIGHTS_DIR, name))["meta"]
     schedule = getattr(dl.NoiseSchedule, meta.get("schedule", "linear"))()
     guided = {"labels": torch.arange(8), "guidance_scale": meta["guidance_scale"]} \
-        if "guidance_scale" in meta else {}  # cpu-cfg: batch 0 shows the digits 0-7
+        if "guidance_scale" in meta else {}  # cpu-cfg, cpu-labels: batch 0 shows the digits 0-7
     x = dl.sample(dl.pretrained(name), schedule, (8, 1, 28, 28), generator=torch.Generator().manual_seed(0),
                   prediction_type=meta.get("prediction_type", "epsilon"), progress=False, **guided)
     assert (x - stored).abs().max().item() < 1e-2
@@ -123,15 +123,15 @@ def test_shipped_unet2d_meets_the_quality_targets():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["cpu-recipe", "cpu-cfg"])
+@pytest.mark.parametrize("name", ["cpu-recipe", "cpu-cfg", "cpu-labels"])
 def test_cpu_recipe_replays_its_recorded_command_in_bf16(name):
     """The CPU recipe was trained on this machine type in bf16 (fast here: a small net), so the
     replay runs the recorded command's own precision; a seed-1 replay is the negative control.
-    cpu-cfg is the recipe with --conditional: the labels and their dropout replay too."""
+    cpu-cfg and cpu-labels are the recipe with --conditional: the labels and their dropout replay too."""
     argv = shlex.split(MANIFEST[name]["command"])[3:]  # drop "python -m ddpm_lib"
     args = build_parser(recipe="cpu").parse_args(argv)
     assert args.recipe == "cpu" and args.precision == "bf16"
-    assert args.conditional == (name == "cpu-cfg")
+    assert args.conditional == (name in ("cpu-cfg", "cpu-labels"))
     recorded = MANIFEST[name]["first_losses"][:10]
 
     def replay(seed):
@@ -157,6 +157,21 @@ def test_shipped_cpu_recipe_quality_as_recorded():
     assert MANIFEST["cpu-recipe"]["wall_time_s"] <= 10 * 60 + 30  # stops at the first checkpoint after 10 min
     assert m["frechet"] <= 2 * real["frechet"] and m["entropy_bits"] >= 3.25
     assert m["confident"] >= 0.75  # what it reaches (the bar, real - 0.05 = 0.88, is not met)
+
+
+def test_shipped_cpu_labels_meets_issue_20s_bars():
+    """Chapter 8's recipe given the labels, 10 minutes on this 2-core CPU, drawn without guidance
+    (s = 1, so the samples are the model's p(x | c), digits 0-9 in turn): issue #20's three bars
+    on its shipped 1000-step samples. The unconditional recipe's samples, scored the same way,
+    miss the confident bar, so the bar can tell the two apart."""
+    real = MANIFEST["baselines"]["real_vs_real"]
+    entry = MANIFEST["cpu-labels"]
+    assert entry["conditional"] and entry["guidance_scale"] == 1.0  # no guidance: no sharpening
+    assert entry["wall_time_s"] <= 10 * 60 + 30 and "--minutes 10" in entry["command"]
+    m = shipped_metrics("cpu-labels")
+    assert m["confident"] >= real["confident"] - 0.05
+    assert m["entropy_bits"] >= 3.25 and m["frechet"] <= 2 * real["frechet"]
+    assert metrics.evaluate(load_file(SAMPLES)["cpu-recipe"])["confident"] < real["confident"] - 0.05
 
 
 def test_shipped_cpu_cfg_draws_the_requested_digits():

@@ -10,7 +10,7 @@ book/results/ch8_samples.safetensors (uint8).
 
     python tools/ch8_experiments.py rows [NAME ...]     # the ablation rows
     python tools/ch8_experiments.py curve recipe|seed-unet2d|recipe-conditional
-    python tools/ch8_experiments.py samplers      # the two recipes' 10-minute weights, 2 samplers
+    python tools/ch8_experiments.py samplers      # the recipes' 10- (and 5-) minute weights, 2 samplers
 
 recipe-conditional is the recipe given the digit's label (chapter 9's --conditional) and scored
 without guidance (s = 1): each sample's label is drawn from the training labels' frequencies, so
@@ -163,15 +163,18 @@ def curve(name):
 
 
 def samplers():
-    """The recipe's shipped 10-minute weights (cpu-recipe) and the label-conditioned recipe's last
-    checkpoint, each by the metric's 50-step DDIM (eta = 0) and by 50-step respaced DDPM (chapter
+    """The recipe's shipped 10-minute weights (cpu-recipe), the label-conditioned recipe's last
+    checkpoint (10 minutes) and its 5-minute one, each by the metric's 50-step DDIM (eta = 0) and by 50-step respaced DDPM (chapter
     7's stochastic sampler), from the same x_T; the conditional model at s = 1 with prior_labels()."""
     results = load_results()
-    run = results["curves"]["recipe-conditional"]["run"]
+    cond = results["curves"]["recipe-conditional"]
+    five = next(p["step"] for p in cond["points"] if p["mark_minutes"] == 5)
     out = {}
     for name, (model, meta) in {
             "recipe": (dl.pretrained("cpu-recipe"), read_config(os.path.join(WEIGHTS_DIR, "cpu-recipe"))["meta"]),
-            "recipe-conditional": (lambda m, c: (m, c["meta"]))(*dl.load_checkpoint(run))}.items():
+            "recipe-conditional": (lambda m, c: (m, c["meta"]))(*dl.load_checkpoint(cond["run"])),
+            "recipe-conditional@5": (lambda m, c: (m, c["meta"]))(
+                *dl.load_checkpoint(os.path.join(cond["run"], f"step-{five:07d}")))}.items():
         schedule = SCHEDULES[meta["schedule"]](meta["num_timesteps"])
         labels = prior_labels() if num_classes(model) else None
         for sampler, draw in (("ddim50", dl.ddim_sample), ("respaced-ddpm50", respaced_sample)):
