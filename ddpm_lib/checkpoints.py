@@ -162,11 +162,9 @@ PRETRAINED = ("unet2d", "basic-fixed", "cpu-recipe", "cpu-cfg", "cpu-labels")
 
 def pretrained(name, device="cpu"):
     """A shipped model: "unet2d" (seed config), "basic-fixed", "cpu-recipe" (chapter 8's
-    recipe, a v-predicting unet2d-small: sample it with the prediction_type and schedule of its
-    config's meta, as the CLI does), "cpu-cfg" (the same, class-conditional: chapter 9) or
-    "cpu-labels" (the recipe given the labels, 10 minutes: chapter 8; sample it at guidance_scale
-    1). Checks the sha256 of the weights against config.json and MANIFEST.json; returns the model
-    in eval mode."""
+    v-predicting unet2d-small: sample it with its config's meta, as the CLI does), "cpu-labels"
+    (the same given the labels, chapter 8) or "cpu-cfg" (chapter 9's). Checks the weights' sha256
+    against config.json and MANIFEST.json; returns the model in eval mode."""
     check_choice(name, "name", PRETRAINED)
     path, file = os.path.join(WEIGHTS_DIR, name), os.path.join(WEIGHTS_DIR, "MANIFEST.json")
     with open(file, encoding="utf-8") as f:
