@@ -11,6 +11,7 @@ book/results/ch8_samples.safetensors (uint8).
     python tools/ch8_experiments.py rows [NAME ...]     # the ablation rows
     python tools/ch8_experiments.py curve recipe|seed-unet2d|recipe-conditional
     python tools/ch8_experiments.py samplers      # the recipes' 10- (and 5-) minute weights, 2 samplers
+    python tools/ch8_experiments.py spread        # three rows retrained with seeds 0, 1, 2
 
 recipe-conditional is the recipe given the digit's label (chapter 9's --conditional) and scored
 without guidance (s = 1): each sample's label is drawn from the training labels' frequencies, so
@@ -56,6 +57,8 @@ ROWS = [  # name, what changes from the first try, the flags that change it
     ("v-minsnr5-cosine", "v + min-SNR-5 + cosine", ["--prediction-type", "v_prediction",
                                                     "--snr-gamma", "5", "--schedule", "cosine"]),
 ]
+SPREAD = ("first-try", "batch64", "v-minsnr5-cosine")  # rows retrained with other seeds
+SEEDS = (0, 1, 2)
 CURVES = {  # flags, minutes, the minute marks scored, steps between checkpoints (~10-20 s)
     "recipe": (["--recipe", "cpu"], 10, (1, 2, 5, 10), 50),
     "seed-unet2d": (["--model", "unet2d", "--batch-size", "128", "--lr", "1e-3"], 5, (1, 2, 5), 5),
@@ -94,7 +97,7 @@ def keep_samples(key, x):
     os.replace(SAMPLES + ".tmp", SAMPLES)
 
 
-def score(checkpoint, key):
+def score(checkpoint, key, keep=True):
     """The book's metric for one checkpoint folder (its EMA weights)."""
     model, cfg = dl.load_checkpoint(checkpoint)
     meta = cfg["meta"]
@@ -105,7 +108,8 @@ def score(checkpoint, key):
                        generator=torch.Generator().manual_seed(0), labels=labels,
                        prediction_type=meta["prediction_type"], progress=False)
     m = metrics.evaluate(x)
-    keep_samples(key, x)
+    if keep:
+        keep_samples(key, x)
     losses = meta["losses"]
     return {"step": meta["step"], "images": meta["step"] * meta["batch_size"],
             "train_minutes": round(meta["wall_time_s"] / 60, 3),
@@ -116,9 +120,11 @@ def score(checkpoint, key):
             "sampling_s": round(time.perf_counter() - t0, 1)}
 
 
-def run_cli(flags, out, minutes, keep, every=50):
-    """Train with the CLI; returns the command as a reader types it."""
-    args = ["train", *flags, "--steps", "100000", "--minutes", str(minutes), "--seed", "0",
+def run_cli(flags, out, minutes, keep, every=50, steps=100000, seed=0):
+    """Train with the CLI (minutes=None: a step budget only); returns the command as a reader
+    types it."""
+    budget = ["--steps", str(steps)] + (["--minutes", str(minutes)] if minutes else [])
+    args = ["train", *flags, *budget, "--seed", str(seed),
             "--checkpoint-every", str(every), "--keep", str(keep), "--no-progress", "--out", out]
     shutil.rmtree(out, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "ddpm_lib", *args], check=True, cwd=ROOT)
@@ -162,10 +168,25 @@ def curve(name):
     save_results(results)
 
 
+def sampler_row(model, meta, draw):
+    """The metric's 256 samples drawn by ``draw`` (dl.ddim_sample or respaced_sample, 50 steps,
+    x_T seed 0; a conditional model at s = 1 with prior_labels()) and their scores."""
+    schedule = SCHEDULES[meta["schedule"]](meta["num_timesteps"])
+    labels = prior_labels() if num_classes(model) else None
+    x = draw(model, schedule, (metrics.N_EVAL, 1, 28, 28), num_steps=50,
+             generator=torch.Generator().manual_seed(0), labels=labels,
+             prediction_type=meta["prediction_type"], progress=False)
+    m = metrics.evaluate(x)
+    return x, {"step": meta["step"], "train_minutes": round(meta["wall_time_s"] / 60, 3),
+               "frechet": round(m["frechet"], 2), "confident": round(m["confident"], 4),
+               "entropy_bits": round(m["entropy_bits"], 3), "counts": m["counts"]}
+
+
 def samplers():
     """The recipe's shipped 10-minute weights (cpu-recipe), the label-conditioned recipe's last
-    checkpoint (10 minutes) and its 5-minute one, each by the metric's 50-step DDIM (eta = 0) and by 50-step respaced DDPM (chapter
-    7's stochastic sampler), from the same x_T; the conditional model at s = 1 with prior_labels()."""
+    checkpoint (10 minutes: shipped as cpu-labels) and its 5-minute one, each by the metric's
+    50-step DDIM (eta = 0) and by 50-step respaced DDPM (chapter 7's stochastic sampler), from the
+    same x_T."""
     results = load_results()
     cond = results["curves"]["recipe-conditional"]
     five = next(p["step"] for p in cond["points"] if p["mark_minutes"] == 5)
@@ -175,20 +196,36 @@ def samplers():
             "recipe-conditional": (lambda m, c: (m, c["meta"]))(*dl.load_checkpoint(cond["run"])),
             "recipe-conditional@5": (lambda m, c: (m, c["meta"]))(
                 *dl.load_checkpoint(os.path.join(cond["run"], f"step-{five:07d}")))}.items():
-        schedule = SCHEDULES[meta["schedule"]](meta["num_timesteps"])
-        labels = prior_labels() if num_classes(model) else None
         for sampler, draw in (("ddim50", dl.ddim_sample), ("respaced-ddpm50", respaced_sample)):
-            x = draw(model, schedule, (metrics.N_EVAL, 1, 28, 28), num_steps=50,
-                     generator=torch.Generator().manual_seed(0), labels=labels,
-                     prediction_type=meta["prediction_type"], progress=False)
-            m = metrics.evaluate(x)
-            out[f"{name} {sampler}"] = {"step": meta["step"], "train_minutes": round(meta["wall_time_s"] / 60, 3),
-                                        "frechet": round(m["frechet"], 2), "confident": round(m["confident"], 4),
-                                        "entropy_bits": round(m["entropy_bits"], 3), "counts": m["counts"]}
+            x, out[f"{name} {sampler}"] = sampler_row(model, meta, draw)
             keep_samples(f"{name}/{sampler}", x)
             print(name, sampler, out[f"{name} {sampler}"], flush=True)
     results["samplers"] = out
     save_results(results)
+
+
+def spread():
+    """The seed spread of three rows: each retrained with the training seeds 0, 1 and 2 for exactly
+    the steps its recorded row reached in 2 minutes (a step budget, so the spread does not depend
+    on this CPU's speed; seed 0 again measures what another CPU's arithmetic changes). Scored by
+    the same metric, x_T seed 0; a run already recorded is skipped."""
+    results = load_results()
+    flags = {name: f for name, _, f in ROWS}
+    done = results.setdefault("spread", {})
+    for name in SPREAD:
+        steps = results["rows"][name]["step"]
+        for seed in SEEDS:
+            key = f"{name} seed={seed}"
+            if key in done:
+                continue
+            out = os.path.join(RUNS, f"spread-{name}-{seed}")
+            command = run_cli(FIRST_TRY + flags[name], out, None, keep=1, every=steps, steps=steps,
+                              seed=seed)
+            last = dl.load_checkpoint(out)[1]["meta"]
+            done[key] = {"row": name, "seed": seed, "command": command,
+                         "hardware": last["hardware"], **score(out, key, keep=False)}
+            save_results(results)
+            print(key, {k: done[key][k] for k in ("step", "frechet", "confident")}, flush=True)
 
 
 if __name__ == "__main__":
@@ -196,5 +233,7 @@ if __name__ == "__main__":
         rows(sys.argv[2:])
     elif sys.argv[1] == "samplers":
         samplers()
+    elif sys.argv[1] == "spread":
+        spread()
     else:
         curve(sys.argv[2])
