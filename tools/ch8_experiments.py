@@ -143,7 +143,9 @@ def rows(names):
             continue
         out = os.path.join(RUNS, name)
         command = run_cli(FIRST_TRY + flags, out, ROW_MINUTES, keep=1)
-        row = {"change": change, "command": command, "params": n_params(out), **score(out, name)}
+        hardware = dl.load_checkpoint(out)[1]["meta"]["hardware"]
+        row = {"change": change, "command": command, "params": n_params(out),
+               "hardware": hardware, **score(out, name)}
         results["rows"][name] = row
         save_results(results)
         print(name, {k: row[k] for k in ("images", "loss_last100", "confident", "frechet")}, flush=True)
