@@ -113,3 +113,57 @@ def test_the_teachers_page_is_up_to_date():
     page = open(coursework.PAGE, encoding="utf-8").read()
     assert page == coursework.render_page(), "book/teachers.md is stale: run `python tools/coursework.py page`"
     assert "| 02 | `ch02-ex1` | 2 |" in page  # the table lists the tasks
+
+
+def avoided_wordings():
+    """{avoided: preferred} from the glossary's 用词统一 table."""
+    page = open(os.path.join(ROOT, "book", "glossary.md"), encoding="utf-8").read()
+    table = page.split("## 用词统一", 1)[1]
+    out = {}
+    for line in table.splitlines():
+        cols = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cols) == 2 and cols[0] not in ("本书写作", "---"):
+            out.update({a.strip(): cols[0] for a in cols[1].split("、")})
+    return out
+
+
+def prose(text):
+    """Markdown without code blocks, code spans, maths and link targets."""
+    for pattern in (r"```.*?```", r"`[^`]*`", r"\$\$.*?\$\$", r"\$[^$]*\$", r"\]\([^)]*\)"):
+        text = re.sub(pattern, " ", text, flags=re.S)
+    return text
+
+
+def wording_hits(text, avoided):
+    # an English unit counts only as a unit: right after a number or a formula
+    if re.fullmatch(r"[A-Za-z ]+", avoided):
+        return re.findall(r"(?:\d|\$)\s*" + re.escape(avoided) + r"\b", text)
+    return re.findall(re.escape(avoided), text)
+
+
+PAGES = NOTEBOOKS + sorted(p for p in glob.glob(os.path.join(ROOT, "book", "*.md"))
+                           if not p.endswith("glossary.md"))
+
+
+@pytest.mark.parametrize("path", PAGES, ids=os.path.basename)
+def test_chapters_use_the_glossarys_wording(path):
+    if path.endswith(".ipynb"):
+        texts = ["".join(c["source"]) for c in cells(path) if c["cell_type"] == "markdown"]
+    else:
+        texts = [open(path, encoding="utf-8").read()]
+    avoided = avoided_wordings()
+    for text in texts:
+        # English units keep the maths they follow ("$\\log_2 10$ bits"); code never counts
+        no_code = re.sub(r"```.*?```|`[^`]*`", " ", text, flags=re.S)
+        for form, preferred in avoided.items():
+            hits = wording_hits(no_code if form.isascii() else prose(text), form)
+            assert not hits, f"{os.path.basename(path)}: '{form}' (the glossary writes '{preferred}')"
+
+
+def test_the_wording_check_can_fail():
+    avoided = avoided_wordings()
+    assert {"被读成", "bit", "有把握的比例"} <= set(avoided)
+    assert wording_hits("类别熵约 3.28 bit，", "bit")
+    assert wording_hits("上限 $\\log_2 10$ bits", "bits")
+    assert not wording_hits(prose("`entropy_bits` 与 “H bits” 列"), "bits")
+    assert wording_hits(prose("样本被读成 7"), "被读成")
