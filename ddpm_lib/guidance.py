@@ -97,8 +97,8 @@ class MixtureDenoiser(torch.nn.Module):
     """The exact eps of a Gaussian mixture, for checking guidance where every score is known:
     class k is N(mu_k, std^2 I) with weight 1/K, points are (B, D, 1, 1) tensors. At step t class
     k is N(sqrt(abar_t) mu_k, (abar_t std^2 + 1 - abar_t) I), so eps(x_t, t, k) =
-    -sqrt(1 - abar_t) grad log p_t(x_t | k) = sqrt(1 - abar_t) (x_t - sqrt(abar_t) mu_k) / var_t;
-    the null label K gives the mixture's eps, the classes' eps weighted by p_t(k | x_t)."""
+    -sqrt(1 - abar_t) grad log q_t(x_t | k) = sqrt(1 - abar_t) (x_t - sqrt(abar_t) mu_k) / var_t;
+    the null label K gives the mixture's eps, the classes' eps weighted by q_t(k | x_t)."""
 
     def __init__(self, means, std, schedule):
         super().__init__()
@@ -111,7 +111,7 @@ class MixtureDenoiser(torch.nn.Module):
         diff = x[:, None, :] - abar.sqrt() * self.means[None]                   # (B, K, D)
         eps_k = (1 - abar).sqrt() * diff / var                                  # each class's eps
         log_lik = -0.5 * (diff ** 2).sum(-1) / var[:, :, 0]                     # + const, (B, K)
-        weights = log_lik.softmax(-1)                                           # p_t(k | x_t)
+        weights = log_lik.softmax(-1)                                           # q_t(k | x_t)
         eps_null = (weights[:, :, None] * eps_k).sum(1)
         labels = torch.full((x.shape[0],), self.num_classes) if class_labels is None else class_labels
         labels = labels.to(x.device)

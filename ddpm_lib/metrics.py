@@ -76,6 +76,11 @@ def reference_sets():
     return test.images[perm[:N_EVAL]], test.images[perm[N_EVAL:]]
 
 
+def _entropy_bits(pred):
+    q = torch.bincount(pred, minlength=10).double() / len(pred)
+    return sum(-float(v) * math.log2(float(v)) for v in q if v > 0)  # 0.0, not -0.0, for one class
+
+
 def evaluate(images, classifier=None, reference=None):
     """Quality of (N, 1, 28, 28) images in [-1, 1]: dict with frechet (vs the 744 reference digits),
     confident (fraction with max p >= 0.9), entropy_bits (of the predicted-class histogram; max
@@ -86,11 +91,8 @@ def evaluate(images, classifier=None, reference=None):
     f, p = _predict(classifier, images)
     f_ref, _ = _predict(classifier, reference)
     conf, pred = p.max(-1)
-    counts = torch.bincount(pred, minlength=10)
-    q = counts.double() / counts.sum()
-    entropy = sum(-float(v) * math.log2(float(v)) for v in q if v > 0)  # 0.0, not -0.0, for one class
     return {"frechet": frechet_distance(f, f_ref), "confident": float((conf >= 0.9).double().mean()),
-            "entropy_bits": entropy, "counts": counts.tolist()}
+            "entropy_bits": _entropy_bits(pred), "counts": torch.bincount(pred, minlength=10).tolist()}
 
 
 def baselines(classifier=None):
@@ -99,3 +101,62 @@ def baselines(classifier=None):
     noise = torch.randn(N_EVAL, 1, 28, 28, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
     classifier = load_classifier() if classifier is None else classifier
     return {"real": evaluate(real, classifier, ref), "noise": evaluate(noise, classifier, ref)}
+
+
+# Uncertainty (issue #32): every comparison in the book is read against one of these intervals.
+
+def share_interval(k, n, level=0.95):
+    """Exact (Clopper-Pearson) interval for a share of k successes in n trials: the p at which
+    P(X >= k | p) and P(X <= k | p) equal (1 - level) / 2, each found by bisection."""
+    def cdf(j, p):  # P(X <= j) for X ~ Binomial(n, p), 0 < p < 1
+        return sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+                            + i * math.log(p) + (n - i) * math.log1p(-p)) for i in range(j + 1))
+
+    def root(f):  # f increases in p from negative to positive on (0, 1)
+        lo, hi = 0.0, 1.0
+        for _ in range(50):
+            lo, hi = ((lo + hi) / 2, hi) if f((lo + hi) / 2) < 0 else (lo, (lo + hi) / 2)
+        return (lo + hi) / 2
+
+    a = (1 - level) / 2
+    low = 0.0 if k == 0 else root(lambda p: 1 - cdf(k - 1, p) - a)
+    high = 1.0 if k == n else root(lambda p: a - cdf(k, p))
+    return low, high
+
+
+def bootstrap(statistic, *samples, n_boot=200, level=0.95, seed=0):
+    """Percentile interval of statistic(*samples) when the N rows are resampled with replacement.
+    The same indices resample every argument, so the statistic of paired sets (a difference of
+    two samplers from the same x_T) keeps its pairing."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(samples[0])
+    values = sorted(statistic(*(s[idx] for s in samples))
+                    for idx in (torch.randint(n, (n,), generator=g) for _ in range(n_boot)))
+    return values[int((1 - level) / 2 * n_boot)], values[int((1 + level) / 2 * n_boot) - 1]
+
+
+def intervals(images, classifier=None, reference=None, n_boot=200, level=0.95):
+    """evaluate(images) plus a (low, high) interval for each number: exact binomial for the
+    confident share, a bootstrap over the images for the entropy and the FD (the reference set
+    held fixed). A bootstrap FD lies above the FD of the whole set (repeated images shrink the
+    spread of the features): read it as the width of the FD, compare FDs at equal n only."""
+    classifier = load_classifier() if classifier is None else classifier
+    reference = reference_sets()[1] if reference is None else reference
+    row = evaluate(images, classifier, reference)
+    f, p = _predict(classifier, images)
+    f_ref, _ = _predict(classifier, reference)
+    conf, pred = p.max(-1)
+    row["n"] = len(images)
+    row["confident_interval"] = share_interval(int((conf >= 0.9).sum()), len(images), level)
+    row["entropy_interval"] = bootstrap(_entropy_bits, pred, n_boot=n_boot, level=level)
+    row["frechet_interval"] = bootstrap(lambda a: frechet_distance(a, f_ref), f,
+                                        n_boot=n_boot, level=level)
+    return row
+
+
+def seed_spread(values):
+    """Mean, sample standard deviation and n of one number over training seeds (n = 1: no spread)."""
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
+    return {"mean": mean, "sd": sd, "n": n}

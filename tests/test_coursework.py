@@ -70,7 +70,7 @@ def release(tmp_path_factory):
 
 
 def test_the_release_holds_no_answers_hidden_tests_prose_answers_or_outputs(release):
-    n_tasks = 0
+    n_tasks = n_answer_cells = 0
     for path in coursework.chapters().values():
         src, stu = load(path), load(release / os.path.basename(path))
         text = "\n".join(source(c) for c in stu["cells"])
@@ -88,6 +88,9 @@ def test_the_release_holds_no_answers_hidden_tests_prose_answers_or_outputs(rele
                 assert line in public or line not in lines, (os.path.basename(path), line)
         assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text
         assert ":::{dropdown} 练习" not in text  # the prose answers too
+        answers = [source(c) for c in src["cells"] if "answer" in c["metadata"].get("tags", [])]
+        n_answer_cells += len(answers)
+        assert not any(a in text for a in answers)  # and the cells that print their numbers
         assert not any(c.get("outputs") for c in stu["cells"])
         # the visible tests stay, with their points
         assert coursework.tasks(path) == [(c["metadata"]["nbgrader"]["grade_id"], c["metadata"]["nbgrader"]["points"])
@@ -96,6 +99,7 @@ def test_the_release_holds_no_answers_hidden_tests_prose_answers_or_outputs(rele
     src = load(os.path.join(ROOT, "book", CHAPTER))
     assert n_tasks >= 3 and len(marked_lines(src, "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")) >= 3
     assert ":::{dropdown} 练习" in "\n".join(source(c) for c in src["cells"])  # the check above is not vacuous
+    assert n_answer_cells >= 1
     assert (release / "results" / "ch1_reverse_chain.json").is_file()  # what chapter 1 reads
     assert (release.parent / "bench" / "results" / "bench_cpu.json").is_file()  # and chapter 7
 

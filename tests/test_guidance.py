@@ -22,8 +22,8 @@ def small_conditional(seed=0):
     return make_small_unet2d(num_classes=10).eval()
 
 
-def log_p_t(x, t, schedule, k=None):
-    """log p_t(x) of the mixture (k None) or log p_t(x | k), written from the densities."""
+def log_q_t(x, t, schedule, k=None):
+    """log q_t(x) of the mixture (k None) or log q_t(x | k), written from the densities."""
     abar = schedule.alphas_cumprod.double()[t]
     var = abar * STD ** 2 + 1 - abar
     comps = torch.distributions.MultivariateNormal(abar.sqrt() * torch.tensor(MEANS, dtype=torch.float64),
@@ -37,14 +37,14 @@ def log_p_t(x, t, schedule, k=None):
 @pytest.mark.parametrize("w", [-1.0, 0.0, 0.5, 2.0, 5.0])
 @pytest.mark.parametrize("t", [10, 300, 700])
 def test_guided_eps_is_the_score_of_p_x_times_p_c_given_x_to_the_1_plus_w(w, t):
-    # eq. cfg with s = 1 + w against autograd of log p_t(x) + (1 + w) log p_t(c | x), where
-    # log p_t(c | x) = log p_t(x | c) + log p(c) - log p_t(x): a scale of w instead of 1 + w, or
+    # eq. cfg with s = 1 + w against autograd of log q_t(x) + (1 + w) log q_t(c | x), where
+    # log q_t(c | x) = log q_t(x | c) + log q(c) - log q_t(x): a scale of w instead of 1 + w, or
     # the opposite sign, fails for every w but one
     schedule, c = dl.NoiseSchedule.linear(), 1
     x = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(t)) * 2
     x.requires_grad_(True)
-    log_post = log_p_t(x, t, schedule, c) - torch.log(torch.tensor(3.0)) - log_p_t(x, t, schedule)
-    target = log_p_t(x, t, schedule) + (1 + w) * log_post
+    log_post = log_q_t(x, t, schedule, c) - torch.log(torch.tensor(3.0)) - log_q_t(x, t, schedule)
+    target = log_q_t(x, t, schedule) + (1 + w) * log_post
     score, = torch.autograd.grad(target.sum(), x)
     guided = GuidedModel(mixture(schedule), torch.full((64,), c), guidance_scale=1 + w)
     eps = guided(x.detach().reshape(64, 2, 1, 1), torch.full((64,), t)).reshape(64, 2)
@@ -55,7 +55,7 @@ def test_guided_eps_is_the_score_of_p_x_times_p_c_given_x_to_the_1_plus_w(w, t):
 def test_mixture_denoiser_null_label_is_the_marginal_score():
     schedule, t = dl.NoiseSchedule.linear(), 500
     x = torch.randn(32, 2, dtype=torch.float64).requires_grad_(True)
-    score, = torch.autograd.grad(log_p_t(x, t, schedule).sum(), x)
+    score, = torch.autograd.grad(log_q_t(x, t, schedule).sum(), x)
     eps = mixture(schedule)(x.detach().reshape(32, 2, 1, 1), torch.full((32,), t)).reshape(32, 2)
     abar = schedule.alphas_cumprod.double()[t]
     torch.testing.assert_close(eps, -(1 - abar).sqrt() * score)
