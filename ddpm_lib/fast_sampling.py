@@ -9,7 +9,7 @@ sampler asks about step i. DDIM (Song et al. 2021) then changes one line of the 
 import torch
 from tqdm import tqdm
 
-from .guidance import conditioned
+from .guidance import CLIP_X0, clip_prediction, conditioned
 from .models import as_denoiser, model_device, model_in_channels, num_classes
 from .posterior import predict_x0
 from .sampling import BAR_FORMAT, PRECISIONS, draw_normal, sample
@@ -62,6 +62,10 @@ class SpacedModel(torch.nn.Module):
 def respaced_sample(model, schedule, shape, num_steps=50, spacing="leading", **kwargs):
     """DDPM's ancestral sampler (``sample``, same kwargs) on num_steps respaced timesteps."""
     tau = spaced_timesteps(num_steps, schedule.num_timesteps, spacing)
+    if kwargs.get("guidance_interval") is not None:  # in the T timesteps: as indices into tau
+        lo, hi = kwargs["guidance_interval"]
+        inside = [i for i, t in enumerate(tau) if lo <= t <= hi] or [1, 0]  # [1, 0]: none
+        kwargs["guidance_interval"] = (inside[0], inside[-1])
     return sample(SpacedModel(model, tau), respace(schedule, tau), shape, **kwargs)
 
 
@@ -74,14 +78,14 @@ def ddim_step(x0_pred, eps, abar_prev, sigma):
 @torch.inference_mode()
 def ddim_sample(model, schedule, shape, num_steps=50, eta=0.0, generator=None, spacing="leading",
                 clip_x0=False, x_T=None, precision="fp32", prediction_type="epsilon", labels=None,
-                guidance_scale=1.0, progress=True):
+                guidance_scale=1.0, guidance_rescale=0.0, guidance_interval=None, progress=True):
     """Draw x_0 with DDIM on num_steps of the T timesteps (加速采样; Song et al. 2021).
 
     The same trained eps_theta as ``sample``; sigma_i = eta sqrt(beta-tilde'_i) (eq. ddim-sigma):
     eta = 0 is deterministic given x_T, eta = 1 with num_steps = T is ``sample`` itself. Args as
     for ``sample``, and: num_steps in [1, T]; eta in [0, 1]; spacing "leading" or "trailing"
     (``spaced_timesteps``); x_T: start from this (B, C, H, W) tensor instead of drawing it (e.g.
-    from ``ddim_invert``); prediction_type, labels and guidance_scale as for ``sample``. The
+    from ``ddim_invert``); clip_x0, prediction_type, labels and the guidance_* as for ``sample``. The
     generator draws x_T (unless given), then z at each step with sigma_i > 0. Returns x_0
     (B, C, H, W) on the model's device.
     """
@@ -89,9 +93,11 @@ def ddim_sample(model, schedule, shape, num_steps=50, eta=0.0, generator=None, s
     if not 0 <= eta <= 1:
         raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
     check_choice(precision, "precision", PRECISIONS)
+    check_choice(clip_x0, "clip_x0", CLIP_X0)
     check_generator(generator)
     tau = spaced_timesteps(num_steps, schedule.num_timesteps, spacing)
-    eps_model = SpacedModel(conditioned(model, shape, labels, guidance_scale), tau)
+    guided = conditioned(model, shape, labels, guidance_scale, guidance_rescale, guidance_interval)
+    eps_model = SpacedModel(guided, tau)
     device = model_device(model)
     spaced = respace(schedule, tau).to(device)
     sigmas = eta * spaced.posterior_variance.sqrt()
@@ -104,9 +110,8 @@ def ddim_sample(model, schedule, shape, num_steps=50, eta=0.0, generator=None, s
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = eps_model(x, i_batch).to(x.dtype)
         eps = eps_from_prediction(x, i_batch, out, spaced, prediction_type)
-        # 3. the predicted x_0 (eq. x0-from-eps), clamped to [-1, 1] if asked
-        x0_pred = predict_x0(x, i, eps, spaced)
-        x0_pred = x0_pred.clamp(-1, 1) if clip_x0 else x0_pred
+        # 3. the predicted x_0 (eq. x0-from-eps), clamped to [-1, 1] or thresholded if asked
+        x0_pred = clip_prediction(predict_x0(x, i, eps, spaced), clip_x0)
         # 4. x_{tau_{i-1}} (eq. ddim-step), plus sigma_i z; abar before tau_0 is 1
         x = ddim_step(x0_pred, eps, spaced.alphas_cumprod_prev[i], sigmas[i])
         if eta > 0 and i > 0:

@@ -51,6 +51,30 @@ def cfg_combine(out_uncond, out_cond, guidance_scale):
     return out_uncond + guidance_scale * (out_cond - out_uncond)
 
 
+# Three known fixes for the saturation of large guidance (chapter 9 measures each):
+
+def rescale_cfg(out_guided, out_cond, phi):
+    """CFG rescale (Lin et al. 2024, Sec. 3.4; diffusers' ``guidance_rescale``): the guided output
+    scaled to the per-sample standard deviation of the conditional one, mixed with weight phi:
+    phi * out_guided * std(out_cond) / std(out_guided) + (1 - phi) * out_guided."""
+    dims = tuple(range(1, out_guided.ndim))
+    ratio = out_cond.std(dims, keepdim=True) / out_guided.std(dims, keepdim=True)
+    return phi * out_guided * ratio + (1 - phi) * out_guided
+
+
+CLIP_X0 = (False, True, "dynamic")
+
+
+def clip_prediction(x0, clip_x0):
+    """The predicted x_0 as a sampler uses it: as it is (False), clamped to [-1, 1] (True), or
+    Imagen's dynamic thresholding ("dynamic"; Saharia et al. 2022, Sec. 2.3): per sample,
+    s = max(1, the 99.5th percentile of |x_0|), x_0 clamped to [-s, s] and divided by s."""
+    if clip_x0 == "dynamic":
+        s = x0.abs().flatten(1).quantile(0.995, dim=1).clamp_min(1).view(-1, *[1] * (x0.ndim - 1))
+        return x0.clamp(-s, s) / s
+    return x0.clamp(-1, 1) if clip_x0 else x0
+
+
 class GuidedModel(torch.nn.Module):
     """A conditional denoiser turned into ``out = f(x_t, t)`` for fixed labels and scale s: one
     network call on the labels (s = 1), on the null label (s = 0), or on both in one batch.
@@ -58,12 +82,17 @@ class GuidedModel(torch.nn.Module):
     affine function of the output at fixed x_t and t (``targets.eps_from_prediction``), and the
     weights (1 - s, s) sum to 1."""
 
-    def __init__(self, model, labels, guidance_scale):
+    def __init__(self, model, labels, guidance_scale, rescale=0.0, interval=None):
         super().__init__()
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
                 or not guidance_scale >= 0:
             raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+        if not 0 <= rescale <= 1:
+            raise ValueError(f"rescale (phi) must lie in [0, 1], got {rescale!r}")
         self.model, self.labels, self.guidance_scale = model, labels, float(guidance_scale)
+        # rescale: phi of rescale_cfg; interval: (t_lo, t_hi), 0-based timesteps where the scale
+        # applies (Kynkäänniemi et al. 2024); outside it the conditional model alone (s = 1)
+        self.rescale, self.interval = rescale, interval
         self.in_channels, self.null_label = model_in_channels(model), num_classes(model)
         self.num_classes = None  # it takes no labels: they are fixed
 
@@ -71,26 +100,31 @@ class GuidedModel(torch.nn.Module):
         f, s = as_denoiser(self.model), self.guidance_scale
         cond = self.labels.to(xt.device)
         null = torch.full_like(cond, self.null_label)
-        if s == 1:
+        lo, hi = self.interval or (0, float("inf"))
+        inside = (t >= lo) & (t <= hi)
+        if s == 1 or not inside.any():
             return f(xt, t, class_labels=cond)
-        if s == 0:
+        if s == 0 and inside.all():
             return f(xt, t, class_labels=null)
         out_cond, out_uncond = f(torch.cat([xt, xt]), torch.cat([t, t]),
                                  class_labels=torch.cat([cond, null])).chunk(2)
-        return cfg_combine(out_uncond, out_cond, s)
+        out = cfg_combine(out_uncond, out_cond, s)
+        out = rescale_cfg(out, out_cond, self.rescale) if self.rescale else out
+        return torch.where(inside.view(-1, *[1] * (out.ndim - 1)), out, out_cond)
 
 
-def conditioned(model, shape, labels=None, guidance_scale=1.0):
+def conditioned(model, shape, labels=None, guidance_scale=1.0, rescale=0.0, interval=None):
     """What a sampler calls: the model itself (unconditional; labels must be None), or a
-    ``GuidedModel`` for labels (B,) in [0, K-1] and scale s >= 0."""
+    ``GuidedModel`` for labels (B,) in [0, K-1], scale s >= 0, rescale and interval."""
     if labels is None:
-        if guidance_scale != 1:
-            raise ValueError(f"guidance_scale {guidance_scale!r} needs labels (a class-conditional model)")
+        if guidance_scale != 1 or rescale or interval is not None:
+            raise ValueError(f"guidance_scale {guidance_scale!r} (and any rescale or interval) needs labels "
+                             "(a class-conditional model)")
         if num_classes(model) is not None:
             raise ValueError(f"the model is class-conditional ({num_classes(model)} classes): pass "
                              "labels, a (B,) integer tensor (guidance_scale=0 ignores them)")
         return model
-    return GuidedModel(model, check_labels(labels, shape[0], model), guidance_scale)
+    return GuidedModel(model, check_labels(labels, shape[0], model), guidance_scale, rescale, interval)
 
 
 class MixtureDenoiser(torch.nn.Module):

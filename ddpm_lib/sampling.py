@@ -2,7 +2,7 @@
 import torch
 from tqdm import tqdm
 
-from .guidance import conditioned
+from .guidance import CLIP_X0, clip_prediction, conditioned
 from .models import as_denoiser, model_device
 from .posterior import p_mean, predict_x0, q_posterior
 from .targets import eps_from_prediction
@@ -23,7 +23,7 @@ def draw_normal(shape, generator, device):
 @torch.inference_mode()
 def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type="fixed_small",
            precision="fp32", prediction_type="epsilon", labels=None, guidance_scale=1.0,
-           return_trajectory=False, progress=True):
+           guidance_rescale=0.0, guidance_interval=None, return_trajectory=False, progress=True):
     """Draw x_0 ~ p_theta by ancestral sampling (反向过程, Algorithm 2).
 
     x_T ~ N(0, I); for t = T-1 … 0 (0-based): x_{t-1} = mu_theta(x_t, t) + sigma_t z with
@@ -35,7 +35,8 @@ def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type=
         generator: a torch.Generator; its device draws the noise (x_T first, then z for
             t = T-1 … 1), so a CPU generator gives the same samples on any device.
         clip_x0: clamp the predicted x_0 to [-1, 1] and take the posterior mean at it
-            (diffusers' ``clip_sample=True``, Ho et al.'s code); False is Algorithm 2's text.
+            (diffusers' ``clip_sample=True``, Ho et al.'s code); False is Algorithm 2's text;
+            "dynamic": Imagen's dynamic thresholding instead (``guidance.clip_prediction``).
         variance_type: sigma_t^2 = beta-tilde_t ("fixed_small", diffusers' default) or
             beta_t ("fixed_large").
         precision: "fp32", or "bf16" to run the model under ``torch.autocast``.
@@ -43,15 +44,18 @@ def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type=
             prediction is turned into eps (``targets.eps_from_prediction``) and used as below.
         labels: for a class-conditional model, the (B,) integer classes to draw (条件生成);
             guidance_scale: s of classifier-free guidance (``guidance.GuidedModel``; 1: the
-            conditional model alone, 0: the unconditional one).
+            conditional model alone, 0: the unconditional one); guidance_rescale (phi) and
+            guidance_interval (t_lo, t_hi): two fixes for large s, as ``GuidedModel`` takes them.
         return_trajectory: also return [x_T, …, x_0] as a (T+1, B, C, H, W) CPU tensor.
     Returns x_0 (B, C, H, W) on the model's device, or (x_0, trajectory).
     """
     shape = check_images(shape, model, "shape")
     check_choice(variance_type, "variance_type", VARIANCE_TYPES)
     check_choice(precision, "precision", PRECISIONS)
+    check_choice(clip_x0, "clip_x0", CLIP_X0)
     check_generator(generator)
-    eps_model = as_denoiser(conditioned(model, shape, labels, guidance_scale))
+    eps_model = as_denoiser(conditioned(model, shape, labels, guidance_scale, guidance_rescale,
+                                        guidance_interval))
     device = model_device(model)
     schedule = schedule.to(device)
     variances = schedule.posterior_variance if variance_type == "fixed_small" else schedule.betas
@@ -68,7 +72,7 @@ def sample(model, schedule, shape, generator=None, clip_x0=False, variance_type=
         eps = eps_from_prediction(x, t_batch, out, schedule, prediction_type)
         # 3. the mean of p_theta(x_{t-1} | x_t): eq. mu-eps, or eq. mu-tilde at a clipped x_0
         if clip_x0:
-            x0_pred = predict_x0(x, t, eps, schedule).clamp(-1, 1)
+            x0_pred = clip_prediction(predict_x0(x, t, eps, schedule), clip_x0)
             mean, _ = q_posterior(x0_pred, x, t, schedule)
         else:
             mean = p_mean(x, t, eps, schedule)

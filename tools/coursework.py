@@ -11,7 +11,8 @@ are; this script makes the two things a course needs from them (book/teachers.md
     python tools/coursework.py page                              # their table in book/teachers.md
 
 `student` writes the student release: each chapter with the reference answers replaced by a stub,
-the hidden tests, all outputs and the prose answers (:::{dropdown} 练习 … 答案) removed, laid out
+the hidden tests, all outputs, the prose answers (:::{dropdown} 练习 … 答案) and the code cells
+tagged "answer" that print their numbers removed, laid out
 as in the repository (out/book/ with book/results/, out/bench/results/: the files the chapters
 read by relative paths). `grade` grades DIR/<student>/<chapter>.ipynb (any chapters, any
 students) with `nbgrader autograde`, one student and chapter at a time in its own process: a cell
@@ -85,6 +86,8 @@ def make_course(course, ids):
         src = os.path.join(course, "source", aid)
         shutil.copytree(os.path.join(BOOK, "results"), os.path.join(src, "results"))
         nb = json.load(open(path, encoding="utf-8"))
+        # a code cell tagged "answer" prints the numbers a prose answer reads: it goes with it
+        nb["cells"] = [c for c in nb["cells"] if "answer" not in c["metadata"].get("tags", [])]
         for c in nb["cells"]:
             if c["cell_type"] == "markdown":
                 c["source"] = DROPDOWN_ANSWER.sub("", "".join(c["source"]))
