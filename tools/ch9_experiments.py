@@ -172,8 +172,9 @@ def sigma_interval(schedule, lo=0.28, hi=5.42):
 
 
 def fixes():
-    """Rows w in FIX_W with each of FIXES, from the shipped cpu-cfg (the run above: its EMA
-    weights); the plain rows are recomputed first and must equal the table's."""
+    """Rows w in FIX_W with each of FIXES, and two controls, from the shipped cpu-cfg (the run
+    above: its EMA weights); each plain row must equal the table's. Rows already in the JSON are
+    kept, not redrawn."""
     model = dl.pretrained("cpu-cfg")
     with open(RESULTS, encoding="utf-8") as f:
         results = json.load(f)
@@ -182,28 +183,45 @@ def fixes():
     interval = sigma_interval(schedule)
     classifier, (_, ref) = metrics.load_classifier(), metrics.reference_sets()
     labels, (_, class_ref) = requested(), class_references(classifier)
-    rows, grid = {}, load_file(SAMPLES)
-    for w in FIX_W:
-        for name, kw in {"none": {}, **FIXES}.items():
-            kw = {k: (interval if v == "sigma" else v) for k, v in kw.items()}
-            t0 = time.perf_counter()
-            x = dl.ddim_sample(model, schedule, (len(labels), 1, 28, 28), num_steps=50,
-                               generator=torch.Generator().manual_seed(0), labels=labels,
-                               guidance_scale=1 + w, prediction_type=meta["prediction_type"],
-                               progress=False, **kw)
-            row = {"w": w, "fix": name, **digit_scores(x, labels, classifier, class_ref),
-                   "frechet": metrics.evaluate(x, classifier, ref)["frechet"],
-                   "sampling_s": round(time.perf_counter() - t0, 1)}
-            if name == "none":  # the shipped weights give the table's row
-                old = results["rows"][str(w)]
-                assert abs(row["frechet"] / old["frechet"] - 1) < 0.02, (row, old)
-                assert abs(row["accuracy"] - old["accuracy"]) < 0.01, (row, old)
-            rows[f"w={w} {name}"] = row
-            grid[f"w={w} {name}"] = grid_images(x)
-            print(f"w={w} {name}", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
-                  flush=True)
+    rows, grid = results.get("fixes", {}).get("rows", {}), load_file(SAMPLES)  # kept rows are not redrawn
+    test = load_mnist("test", source="embedded").images
+    real = {"ink": ((test + 1) / 2).mean().item(), "saturated": (test > 0.98).double().mean().item()}
+    # the fixes at each w of FIX_W; controls: dynamic thresholding without guidance (w = 0), and
+    # the static clamp of chapter 7 at w = 8
+    runs = [(0, "none", {}), (0, "dynamic thresholding", FIXES["dynamic thresholding"]),
+            *[(w, name, kw) for w in FIX_W for name, kw in {"none": {}, **FIXES}.items()],
+            (8, "static clip", {"clip_x0": True}),
+            # DDIM keeps eps when it clamps x0_hat; the ancestral step uses the clamped x0_hat
+            # with x_t (eq. mu-tilde): the same two rows by 50-step respaced DDPM
+            (8, "none, ancestral", {"sampler": "ddpm"}),
+            (8, "dynamic thresholding, ancestral", {"sampler": "ddpm", "clip_x0": "dynamic"})]
+    for w, name, kw in runs:
+        if f"w={w} {name}" in rows:
+            continue
+        kw = {k: (interval if v == "sigma" else v) for k, v in kw.items()}
+        sampler = dl.respaced_sample if kw.pop("sampler", "ddim") == "ddpm" else dl.ddim_sample
+        t0 = time.perf_counter()
+        x = sampler(model, schedule, (len(labels), 1, 28, 28), num_steps=50,
+                    generator=torch.Generator().manual_seed(0), labels=labels,
+                    guidance_scale=1 + w, prediction_type=meta["prediction_type"],
+                    progress=False, **kw)
+        row = {"w": w, "fix": name, **digit_scores(x, labels, classifier, class_ref),
+               "frechet": metrics.evaluate(x, classifier, ref)["frechet"],
+               "sampling_s": round(time.perf_counter() - t0, 1),
+               # saturation: the mean intensity ("ink") and the share of pixels above 0.98
+               "ink": ((x.clamp(-1, 1) + 1) / 2).mean().item(),
+               "saturated": (x > 0.98).double().mean().item()}
+        if name == "none":  # the shipped weights give the table's row (DDIM)
+            old = results["rows"][str(w)]
+            assert abs(row["frechet"] / old["frechet"] - 1) < 0.02, (row, old)
+            assert abs(row["accuracy"] - old["accuracy"]) < 0.01, (row, old)
+        rows[f"w={w} {name}"] = row
+        grid[f"w={w} {name}"] = grid_images(x)
+        print(f"w={w} {name}", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
+              flush=True)
+    rows = {f"w={w} {name}": rows[f"w={w} {name}"] for w, name, _ in runs}  # in the order of runs
     results["fixes"] = {"w": list(FIX_W), "interval_sigma": [0.28, 5.42], "interval_t": list(interval),
-                        "weights": "shipped cpu-cfg", "rows": rows}
+                        "weights": "shipped cpu-cfg", "real": real, "rows": rows}
     with open(RESULTS + ".tmp", "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, ensure_ascii=False)
         f.write("\n")
