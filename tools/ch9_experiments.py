@@ -161,7 +161,7 @@ def main(run):
 FIX_W = (3, 8)
 FIXES = {"dynamic thresholding": {"clip_x0": "dynamic"},            # Saharia et al. 2022, p = 99.5 %
          "CFG rescale, phi = 0.7": {"guidance_rescale": 0.7},       # Lin et al. 2024's phi
-         "interval (0.28, 5.42]": {"guidance_interval": "sigma"}}   # Kynkäänniemi et al. 2024, EDM2-S
+         "interval (0.28, 5.42]": {"guidance_interval": "sigma"}}   # Kynkäänniemi et al. 2024, their SD-XL interval
 
 
 def sigma_interval(schedule, lo=0.28, hi=5.42):
