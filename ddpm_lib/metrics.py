@@ -103,7 +103,7 @@ def baselines(classifier=None):
     return {"real": evaluate(real, classifier, ref), "noise": evaluate(noise, classifier, ref)}
 
 
-# Uncertainty (issue #32): every comparison in the book is read against one of these intervals.
+# Uncertainty (issue #32): the intervals and yardsticks the chapters read a comparison against.
 
 def share_interval(k, n, level=0.95):
     """Exact (Clopper-Pearson) interval for a share of k successes in n trials: the p at which
