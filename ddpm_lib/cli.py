@@ -10,18 +10,19 @@ import time
 import torch
 
 from .checkpoints import (PRETRAINED, WEIGHTS_DIR, commit_run_checkpoint, load_checkpoint,
-                          load_tensors, load_training_state, pretrained, read_config)
+                          load_tensors, load_training_state, pretrained, read_config,
+                          resolve_checkpoint)
 from .data import SOURCES, load_mnist
 from .fast_sampling import SPACINGS, ddim_sample, respaced_sample
 from .guidance import DEFAULT_GUIDANCE_SCALE
 from .models import MODEL_NAMES, build_model, num_classes
 from .schedule import NoiseSchedule
 from .targets import PREDICTION_TYPES
-from .training import cosine_lr, make_ema, train
+from .training import choose_precision, cosine_lr, cpu_capability, make_ema, train
 
 # chapter 8's recipe for a CPU (book/08_cpu_training.ipynb measures each choice); flags given
 # beside --recipe override it
-RECIPES = {"cpu": dict(model="unet2d-small", batch_size=64, lr=2e-3, precision="bf16",
+RECIPES = {"cpu": dict(model="unet2d-small", batch_size=64, lr=2e-3, precision="auto",
                        prediction_type="v_prediction", snr_gamma=5.0, schedule="cosine",
                        ema_decay=0.999)}
 SCHEDULES = {"linear": NoiseSchedule.linear, "cosine": NoiseSchedule.cosine}
@@ -45,12 +46,13 @@ _non_negative_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _checked(float, lambda v: v > 0, "a positive number")
 
 
-def _common_options(p, func):  # what train and sample share; func runs the command
-    p.set_defaults(func=func)
+def _common_options(p, func, precisions=("fp32", "bf16")):  # what train and sample share
+    p.set_defaults(func=func)  # func runs the command
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: the model under torch.autocast (GPUs, CPUs with bf16 units)")
+    p.add_argument("--precision", choices=precisions, default="fp32",
+                   help="bf16: the model under torch.autocast (GPUs, CPUs with bf16 units); "
+                   "auto (train): the faster of the two on this machine, measured at the start")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--no-progress", action="store_true")
@@ -89,7 +91,7 @@ def build_parser(recipe=None):
     t.add_argument("--data", choices=SOURCES, default="embedded", help="MNIST source (default: embedded 4,000 digits)")
     t.add_argument("--num-timesteps", type=_positive_int, default=1000)
     t.add_argument("--ema-decay", type=_positive_float, default=0.999)
-    _common_options(t, cmd_train)
+    _common_options(t, cmd_train, precisions=("auto", "fp32", "bf16"))
     t.set_defaults(**RECIPES.get(recipe, {}))  # after every option exists
     s = sub.add_parser("sample", help="draw samples from a checkpoint and save a grid")
     where = s.add_mutually_exclusive_group(required=True)
@@ -130,24 +132,43 @@ def _prepare(model, args):
     return torch.compile(model) if args.compile else model
 
 
-def _cpu_name():
-    """", <model name>" from /proc/cpuinfo (Linux), else ""."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((", " + line.split(":", 1)[1].strip() for line in f
-                         if line.startswith("model name")), "")
-    except OSError:
-        return ""
-
-
-def _accelerator(args):
+def _accelerator(args, precision):
     """Accelerate's view of this process: one of N under ``accelerate launch`` / torchrun, or
     the only one; bf16 is its mixed precision (torch.autocast)."""
     from accelerate import Accelerator
 
     device = _device(args.device)
     return Accelerator(cpu=device.type == "cpu",
-                       mixed_precision="bf16" if args.precision == "bf16" else "no")
+                       mixed_precision="bf16" if precision == "bf16" else "no")
+
+
+def _model_kwargs(args):
+    return dict(block_out_channels=args.channels, layers_per_block=args.layers_per_block,
+                attention=args.attention, num_classes=10 if args.conditional else None) \
+        if args.model == "unet2d-small" else {}
+
+
+def _auto_precision(args, data, schedule):
+    """--precision auto: training.choose_precision on a throwaway copy of the run's model
+    (same seed, same options); several processes decide by the CPU's flags alone, so that
+    they agree. Returns (precision, provenance) and prints both."""
+    device = _device(args.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.type == "cpu":
+        cpu = cpu_capability()
+        precision = "bf16" if cpu["bf16_units"] else "fp32"
+        about = {"cpu": cpu, "seconds_per_step": None, "reason": "several processes: the flags alone"}
+    else:
+        torch.manual_seed(args.seed)
+        trial = build_model(args.model, num_timesteps=args.num_timesteps, **_model_kwargs(args))
+        precision, about = choose_precision(
+            trial.to(device), data.images, schedule, batch_size=args.batch_size, lr=args.lr,
+            seed=args.seed, prediction_type=args.prediction_type, snr_gamma=args.snr_gamma,
+            labels=data.labels if args.conditional else None, p_uncond=args.p_uncond)
+    cpu = about.get("cpu", {})
+    print(f"precision auto: {precision} ({about['reason']}; seconds per step "
+          f"{about.get('seconds_per_step')}; CPU {cpu.get('model_name', device.type)}, bf16 units "
+          f"{cpu.get('bf16_units')}, torch capability {cpu.get('torch_capability')})", flush=True)
+    return precision, dict(about, asked="auto", chosen=precision)
 
 
 def cmd_train(args, argv):
@@ -157,8 +178,6 @@ def cmd_train(args, argv):
         raise SystemExit("error: train needs --model (or a --recipe that gives it)")
     if args.conditional and args.model != "unet2d-small":
         raise SystemExit("error: --conditional needs --model unet2d-small")
-    accelerator = _accelerator(args)
-    device, main_process = accelerator.device, accelerator.is_main_process
     has_run = os.path.isfile(os.path.join(args.out, "latest"))
     if has_run and not args.resume:
         raise SystemExit(f"error: {args.out} already holds a run; pass --resume to continue it "
@@ -167,23 +186,30 @@ def cmd_train(args, argv):
         raise SystemExit(f"error: --resume given but {args.out} holds no checkpoint")
     schedule = SCHEDULES[args.schedule](num_timesteps=args.num_timesteps)
     data = load_mnist("train", source=args.data)
+    precision, chosen = args.precision, {"asked": args.precision, "chosen": args.precision}
+    if args.precision == "auto" and args.resume:  # a run keeps the precision it chose
+        old = read_config(args.out)["meta"]
+        precision, chosen = old["precision"], old.get("precision_choice", chosen)
+    elif args.precision == "auto":
+        precision, chosen = _auto_precision(args, data, schedule)
+    accelerator = _accelerator(args, precision)
+    device, main_process = accelerator.device, accelerator.is_main_process
     torch.manual_seed(args.seed)  # the model's initial weights depend on the seed alone
-    kwargs = dict(block_out_channels=args.channels, layers_per_block=args.layers_per_block,
-                  attention=args.attention, num_classes=10 if args.conditional else None) \
-        if args.model == "unet2d-small" else {}
-    model = build_model(args.model, num_timesteps=args.num_timesteps, **kwargs).to(device)
+    model = build_model(args.model, num_timesteps=args.num_timesteps, **_model_kwargs(args)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     ema = make_ema(model, decay=args.ema_decay)
     meta = {"model": args.model, "step": 0, "steps": args.steps, "batch_size": args.batch_size,
             "lr": args.lr, "lr_decay": args.lr_decay, "seed": args.seed, "data": data.source,
             "num_train_images": int(data.images.shape[0]), "num_timesteps": args.num_timesteps,
-            "ema_decay": args.ema_decay, "precision": args.precision, "recipe": args.recipe,
+            "ema_decay": args.ema_decay, "precision": precision, "precision_choice": chosen,
+            "recipe": args.recipe,
             "prediction_type": args.prediction_type, "snr_gamma": args.snr_gamma,
             "schedule": args.schedule, "conditional": args.conditional,
             "p_uncond": args.p_uncond if args.conditional else None, "processes": accelerator.num_processes,
             "channels_last": args.channels_last, "compile": args.compile, "commands": [],
             "hardware": torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"{device.type} ({os.cpu_count()} cores, {platform.machine()}{_cpu_name()})",
+            else f"{device.type} ({os.cpu_count()} cores, {platform.machine()}, "
+            f"{cpu_capability()['model_name']})",
             "torch": torch.__version__, "wall_time_s": 0.0,
             "losses": []}
     if args.resume:
@@ -199,6 +225,8 @@ def cmd_train(args, argv):
                              f"(it has {old.get('lr_decay', 'constant')}, {old['steps']} steps)")
         model.load_state_dict(load_tensors(args.out, "model"))
         load_training_state(args.out, optimizer, ema)
+        for group in optimizer.param_groups:  # the saved state holds the old run's --lr
+            group["lr"] = args.lr
         meta.update({k: old[k] for k in ("step", "losses", "wall_time_s", "commands")})
     launcher = f"accelerate launch --num_processes {accelerator.num_processes} -m ddpm_lib " \
         if accelerator.num_processes > 1 else "python -m ddpm_lib "
@@ -212,20 +240,28 @@ def cmd_train(args, argv):
     net = torch.compile(net) if args.compile else net
     lr = cosine_lr(args.lr, args.steps) if args.lr_decay == "cosine" else args.lr
     first, t_start = meta["step"], time.perf_counter()
+    last_good = resolve_checkpoint(args.out) if has_run else None
     # train() is deterministic per (seed, step): a run in chunks between checkpoints, resumed
     # or not, on any number of processes, is the same run
     for start in range(first, args.steps, args.checkpoint_every):
         stop, t0 = min(start + args.checkpoint_every, args.steps), time.perf_counter()
-        losses = train(net, data.images, schedule, steps=stop, batch_size=args.batch_size,
-                       lr=lr, seed=args.seed, optimizer=optimizer, ema=ema, start_step=start,
-                       prediction_type=args.prediction_type, snr_gamma=args.snr_gamma,
-                       labels=data.labels if args.conditional else None, p_uncond=args.p_uncond,
-                       accelerator=accelerator, progress=not args.no_progress and main_process)
+        try:
+            losses = train(net, data.images, schedule, steps=stop, batch_size=args.batch_size,
+                           lr=lr, seed=args.seed, optimizer=optimizer, ema=ema, start_step=start,
+                           prediction_type=args.prediction_type, snr_gamma=args.snr_gamma,
+                           labels=data.labels if args.conditional else None,
+                           p_uncond=args.p_uncond, accelerator=accelerator,
+                           progress=not args.no_progress and main_process)
+        except FloatingPointError as e:  # nothing of this piece is written
+            raise SystemExit(f"error: {e}; nothing was saved since the newest checkpoint, "
+                             f"untouched: {last_good or 'none (no checkpoint was written yet)'} "
+                             "(resume from it with a smaller --lr)")
         meta.update(step=stop, losses=meta["losses"] + [round(x, 6) for x in losses],
                     wall_time_s=round(meta["wall_time_s"] + time.perf_counter() - t0, 3))
         if main_process:  # one writer: the processes hold the same weights
-            path = commit_run_checkpoint(args.out, stop, model, args.model, keep=args.keep,
-                                         ema=ema, optimizer=optimizer.optimizer, meta=meta)
+            path = last_good = commit_run_checkpoint(args.out, stop, model, args.model,
+                                                     keep=args.keep, ema=ema,
+                                                     optimizer=optimizer.optimizer, meta=meta)
             recent = meta["losses"][-100:]
             print(f"step {stop}/{args.steps}  loss(last {len(recent)}) "
                   f"{sum(recent) / len(recent):.4f}  checkpoint {path}", flush=True)

@@ -1,5 +1,23 @@
-"""Figures for the book: image grids. Text is maths/English only (no CJK glyphs)."""
+"""Figures for the book: image grids, and the font that lets their labels be Chinese."""
+import os
+
 import torch
+
+FONT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fonts", "ddpm-book-cjk-subset.otf")
+
+
+def use_book_font():
+    """Chinese figure titles and labels on any machine, a CJK font installed or not: register the
+    shipped subset of Noto Sans CJK SC (tools/make_font.py; the characters of the book's code
+    cells) and let matplotlib fall back to it glyph by glyph after DejaVu Sans (Latin, digits).
+    Returns the font's family name."""
+    import matplotlib.pyplot as plt
+    from matplotlib import font_manager
+
+    font_manager.fontManager.addfont(FONT)
+    name = font_manager.FontProperties(fname=FONT).get_name()
+    plt.rcParams["font.family"] = ["DejaVu Sans", name]
+    return name
 
 
 def to_grid(images, nrow=8, padding=2):

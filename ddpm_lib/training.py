@@ -1,5 +1,8 @@
 """The training loop for L_simple (chapter 优化目标, Algorithm 1)."""
+import copy
 import math
+import platform
+import time
 
 import torch
 from tqdm import tqdm
@@ -107,4 +110,56 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
             ema.step(model.parameters())
         loss = loss.detach() if accelerator is None else accelerator.reduce(loss.detach(), "mean")
         losses.append(loss)  # no .item(): a GPU keeps running ahead
-    return torch.stack(losses).tolist() if losses else []
+    losses = torch.stack(losses).tolist() if losses else []
+    bad = next((i for i, x in enumerate(losses) if not math.isfinite(x)), None)
+    if bad is not None:  # a diverged run: its weights are no longer worth a checkpoint
+        raise FloatingPointError(f"the loss is {losses[bad]} at step {start_step + bad + 1}; "
+                                 "training stopped")
+    return losses
+
+
+BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 (Linux's names) and Arm's "bf16"
+
+
+def cpu_capability():
+    """What decides bf16's speed on this CPU: its model name, its flags (Linux's /proc/cpuinfo,
+    which ``lscpu`` reads too; none elsewhere), those that are bf16 units, and PyTorch's
+    ``torch.backends.cpu.get_cpu_capability()`` (the vector ISA its kernels use)."""
+    name, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            info = dict(line.split(":", 1) for line in f if ":" in line)  # the last CPU's
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        name, flags = info.get("model name", name), info.get("flags", info.get("Features", "")).split()
+    except OSError:
+        pass
+    return {"model_name": name, "bf16_units": sorted(BF16_FLAGS.intersection(flags)),
+            "torch_capability": torch.backends.cpu.get_cpu_capability(), "flags": flags}
+
+
+def choose_precision(model, images, schedule, capability=None, steps=3, **train_kwargs):
+    """``--precision auto`` (chapter 8): "bf16" where it trains faster here, else "fp32".
+
+    A GPU: bf16 where it supports it. A CPU without bf16 units among its flags (most laptops;
+    ``capability`` defaults to ``cpu_capability()``) runs bf16 autocast many times slower than
+    fp32 (book/timings.md): fp32, untimed. A CPU with them: ``steps`` training steps of a copy
+    of the model in each precision, after one warm-up step, and the faster one kept. The
+    caller's model, optimizer and random draws are untouched. Returns (choice, provenance)."""
+    device = model_device(model)
+    if device.type != "cpu":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return ("bf16" if bf16 else "fp32"), {"reason": f"{device.type}: bf16 supported: {bf16}"}
+    capability = cpu_capability() if capability is None else capability
+    about = {"cpu": capability, "seconds_per_step": None}
+    if not capability["bf16_units"]:
+        return "fp32", dict(about, reason="no bf16 units among the CPU's flags")
+    seconds = {}
+    for precision in PRECISIONS:
+        trial = copy.deepcopy(model)
+        train(trial, images, schedule, steps=1, precision=precision, progress=False, **train_kwargs)
+        t0 = time.perf_counter()
+        train(trial, images, schedule, steps=1 + steps, start_step=1, precision=precision,
+              progress=False, **train_kwargs)
+        seconds[precision] = round((time.perf_counter() - t0) / steps, 4)
+    choice = min(seconds, key=seconds.get)
+    return choice, dict(about, seconds_per_step=seconds, reason=f"timed {steps} steps each")

@@ -50,7 +50,10 @@ def test_core_size_and_imports():
               "ch. 8 learning-rate decay": 21, "ch. 9 class labels and guidance": 180,
               "#32 metrics.share_interval, bootstrap, frechet_spread, intervals, seed_spread": 62,
               "ch. 9 fixes for large guidance: rescale_cfg, clip_prediction, the interval in "
-              "GuidedModel, ddim_sample, sample and respaced_sample, their docstrings": 57}
+              "GuidedModel, ddim_sample, sample and respaced_sample, their docstrings": 57,
+              "#32 --precision auto: cpu_capability, choose_precision, the CLI's choice and "
+              "its provenance; a non-finite loss stops the run": 92,
+              "#31 use_book_font: Chinese figure labels with the shipped CJK subset": 17}
     assert lines <= sum(budget.values()), lines
     for f in files:
         src = open(f, encoding="utf-8").read()

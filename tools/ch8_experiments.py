@@ -12,6 +12,7 @@ book/results/ch8_samples.safetensors (uint8).
     python tools/ch8_experiments.py curve recipe|seed-unet2d|recipe-conditional
     python tools/ch8_experiments.py samplers      # the recipes' 10- (and 5-) minute weights, 2 samplers
     python tools/ch8_experiments.py spread        # three rows retrained with seeds 0, 1, 2
+    python tools/ch8_experiments.py precision     # the recipe's images/s in fp32 and bf16 here
 
 recipe-conditional is the recipe given the digit's label (chapter 9's --conditional) and scored
 without guidance (s = 1): each sample's label is drawn from the training labels' frequencies, so
@@ -34,6 +35,7 @@ from ddpm_lib.checkpoints import WEIGHTS_DIR, read_config
 from ddpm_lib.cli import SCHEDULES
 from ddpm_lib.fast_sampling import respaced_sample
 from ddpm_lib.models import num_classes
+from ddpm_lib.training import cpu_capability
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "book", "results", "ch8_runs.json")
@@ -60,7 +62,9 @@ ROWS = [  # name, what changes from the first try, the flags that change it
 SPREAD = ("first-try", "batch64", "v-minsnr5-cosine")  # rows retrained with other seeds
 SEEDS = (0, 1, 2)
 CURVES = {  # flags, minutes, the minute marks scored, steps between checkpoints (~10-20 s)
-    "recipe": (["--recipe", "cpu"], 10, (1, 2, 5, 10), 50),
+    "recipe": (["--recipe", "cpu", "--precision", "bf16"], 10, (1, 2, 5, 10), 50),  # as recorded
+    # the recipe on a CPU without bf16 units, where --precision auto picks fp32 (issue #32)
+    "recipe-fp32": (["--recipe", "cpu", "--precision", "fp32"], 10, (1, 2, 5, 10), 50),
     "seed-unet2d": (["--model", "unet2d", "--batch-size", "128", "--lr", "1e-3"], 5, (1, 2, 5), 5),
     "recipe-conditional": (["--recipe", "cpu", "--conditional"], 10, (1, 2, 5, 10), 50),
 }
@@ -230,6 +234,25 @@ def spread():
             print(key, {k: done[key][k] for k in ("step", "frechet", "confident")}, flush=True)
 
 
+def precision(steps=30):
+    """The recipe's training speed on this CPU with each precision forced (30 steps each, a
+    step budget), and what --precision auto reads of the CPU; one entry per CPU model."""
+    results = load_results()
+    cpu = {k: v for k, v in cpu_capability().items() if k != "flags"}
+    entry = {"cpu": cpu, "steps": steps}
+    for p in ("fp32", "bf16"):
+        out = os.path.join(RUNS, f"precision-{p}")
+        entry[f"command {p}"] = run_cli(["--recipe", "cpu", "--precision", p], out, None, keep=1,
+                                        every=steps, steps=steps)
+        meta = dl.load_checkpoint(out)[1]["meta"]
+        entry[f"images_per_s {p}"] = round(steps * meta["batch_size"] / meta["wall_time_s"], 1)
+        print(p, entry[f"images_per_s {p}"], flush=True)
+    entry["bf16_speedup"] = round(entry["images_per_s bf16"] / entry["images_per_s fp32"], 3)
+    key = f"{cpu['model_name']} ({cpu['torch_capability']}, bf16 units: {cpu['bf16_units'] or 'none'})"
+    results.setdefault("precision", {})[key] = entry
+    save_results(results)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "rows":
         rows(sys.argv[2:])
@@ -237,5 +260,7 @@ if __name__ == "__main__":
         samplers()
     elif sys.argv[1] == "spread":
         spread()
+    elif sys.argv[1] == "precision":
+        precision()
     else:
         curve(sys.argv[2])
