@@ -13,6 +13,7 @@ book/results/ch8_samples.safetensors (uint8).
     python tools/ch8_experiments.py samplers      # the recipes' 10- (and 5-) minute weights, 2 samplers
     python tools/ch8_experiments.py spread        # three rows retrained with seeds 0, 1, 2
     python tools/ch8_experiments.py precision     # the recipe's images/s in fp32 and bf16 here
+    python tools/ch8_experiments.py ancestral recipe-fp32  # its last checkpoint, 1000 steps
 
 recipe-conditional is the recipe given the digit's label (chapter 9's --conditional) and scored
 without guidance (s = 1): each sample's label is drawn from the training labels' frequencies, so
@@ -234,6 +235,27 @@ def spread():
             print(key, {k: done[key][k] for k in ("step", "frechet", "confident")}, flush=True)
 
 
+def ancestral(name):
+    """The last checkpoint of a curve drawn as the shipped models' samples are: 1000-step
+    ancestral sampling, 32 batches of 8, batch k from torch.Generator().manual_seed(k)."""
+    results = load_results()
+    run = results["curves"][name]["run"]
+    model, cfg = dl.load_checkpoint(run)
+    meta = cfg["meta"]
+    schedule = SCHEDULES[meta["schedule"]](meta["num_timesteps"])
+    x = torch.cat([dl.sample(model, schedule, (8, 1, 28, 28), progress=False,
+                             generator=torch.Generator().manual_seed(k),
+                             prediction_type=meta["prediction_type"]) for k in range(32)])
+    m = metrics.evaluate(x)
+    keep_samples(f"{name}/ancestral1000", x)
+    results["curves"][name]["ancestral_1000"] = {
+        "step": meta["step"], "frechet": round(m["frechet"], 2),
+        "confident": round(m["confident"], 4), "entropy_bits": round(m["entropy_bits"], 3),
+        "counts": m["counts"]}
+    save_results(results)
+    print(name, results["curves"][name]["ancestral_1000"], flush=True)
+
+
 def precision(steps=30):
     """The recipe's training speed on this CPU with each precision forced (30 steps each, a
     step budget), and what --precision auto reads of the CPU; one entry per CPU model."""
@@ -262,5 +284,7 @@ if __name__ == "__main__":
         spread()
     elif sys.argv[1] == "precision":
         precision()
+    elif sys.argv[1] == "ancestral":
+        ancestral(sys.argv[2])
     else:
         curve(sys.argv[2])

@@ -183,6 +183,7 @@ def render_page(info):
                   f"fp32 是 {v['forward_ms_32_images']['fp32']} ms" for what, v in skipped.items()]
         lines[-1] += ("本页测量用的 CPU 就没有（见上面的测量设备）：" + "；".join(probes)
                       + "。所以上表没有计时 bf16 的各行。")
+    lines[-1] += precision_sentence()
     lines += [compile_paragraph(results)]
     lines += ["- **channels_last**（`model.to(memory_format=torch.channels_last)`、`--channels-last`）：改变内存布局，"
               "不改变计算；上表中 `basic-fixed` 的 5×5 卷积从中受益。",
@@ -200,6 +201,25 @@ def fewer_steps_sentence(results):
              for k, v in b["values"].items()]
     return (f"`bench/fast_sampling.py` 在同一个进程中交替计时 `unet2d` 的 {b['images']} 个数字"
             f"（{b['device']}，每种 {b['repeats']} 次取中位数）：" + "；".join(parts) + "。")
+
+
+def precision_sentence():
+    """Chapter 8's measurements of the CPU recipe's speed with each precision forced, per CPU."""
+    path = os.path.join(ROOT, "book", "results", "ch8_runs.json")
+    if not os.path.isfile(path):
+        return ""
+    runs = json.load(open(path, encoding="utf-8"))
+    first, fp32 = runs["rows"]["first-try"], runs["rows"]["fp32"]
+    parts = [f"带 bf16 单元的 AMD EPYC 上，第 8 章消融表的第一行 bf16 每秒 {first['images_per_s']:.0f} 张、"
+             f"fp32 {fp32['images_per_s']:.0f} 张（bf16 快 {first['images_per_s'] / fp32['images_per_s']:.1f} 倍）"]
+    for e in runs.get("precision", {}).values():
+        units = "、".join(e["cpu"]["bf16_units"]) or "无"
+        parts.append(f"{e['cpu']['model_name']}（PyTorch 的 CPU 指令集 {e['cpu']['torch_capability']}，"
+                     f"bf16 单元：{units}）上，配方 bf16 每秒 {e['images_per_s bf16']:.0f} 张、"
+                     f"fp32 {e['images_per_s fp32']:.0f} 张（bf16 慢 {1 / e['bf16_speedup']:.1f} 倍）")
+    return ("第 8 章在同一种 2 核机器的两种 CPU 上强制两种精度测过配方的训练速度：" + "；".join(parts)
+            + "。所以配方的默认值是 `--precision auto`：没有 bf16 单元的 CPU 直接用 fp32，"
+            "有的话两种各计时几步，留下快的。")
 
 
 def write_page(info):
