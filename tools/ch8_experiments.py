@@ -171,7 +171,8 @@ def curve(name):
     last = dl.load_checkpoint(os.path.join(out, steps[-1]))[1]["meta"]
     results["curves"][name] = {"command": command, "params": n_params(out), "points": points,
                                "run": out, "first_losses": last["losses"][:50],
-                               "hardware": last["hardware"], "torch": last["torch"]}
+                               "hardware": last["hardware"], "torch": last["torch"],
+                               "cpu": {k: v for k, v in cpu_capability().items() if k != "flags"}}
     save_results(results)
 
 
