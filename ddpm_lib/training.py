@@ -58,7 +58,7 @@ def train(model, images, schedule, steps, batch_size=128, lr=1e-3, seed=0, optim
             process or many (``accelerate launch``): every process draws the whole step's batch
             from (seed, step) and trains on its 1/N share; DDP averages the gradients, so N
             processes take the steps one process takes with the same batch_size.
-    Returns a list of ``steps - start_step`` floats (the whole batch's loss of each step).
+    Returns ``steps - start_step`` floats (each step's loss); FloatingPointError if one is not finite.
     """
     check_images(images, model, "images")
     check_int(steps, "steps"), check_int(seed, "seed"), check_int(batch_size, "batch_size", 1)
